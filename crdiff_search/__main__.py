@@ -1,0 +1,5 @@
+import sys
+
+from crdiff_search.cli import main
+
+sys.exit(main())
