@@ -1,0 +1,161 @@
+"""Loading diffusers pipelines from a hub id, a local folder or the shipped testbed, and
+generating images with common random numbers.
+
+Every candidate in a search is generated from the same prompts with the same per-image seeds
+(:func:`generate_images`), so differences between candidates are not sampling noise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from crdiff_search.errors import UsageError
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_MIN_VOCAB = {"CLIPTokenizer": 49408, "CLIPTokenizerFast": 49408, "T5Tokenizer": 32000,
+              "T5TokenizerFast": 32000}
+
+
+class ModelSourceError(UsageError):
+    """A model source that cannot be loaded (missing offline, malformed folder, unknown id)."""
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise UsageError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}") from None
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_pipeline(source: str, *, dtype: str | torch.dtype = "float32", device: str | None = "cpu"):
+    """Load a text-to-image pipeline.
+
+    ``source`` is ``"testbed"`` (the tiny model shipped with this package), a local folder saved
+    with ``save_pretrained``, or a hub id (needs the network or a filled Hugging Face cache).
+    Weights load only from safetensors; tokenizers are checked for completeness.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    if source == "testbed":
+        from crdiff_search import testbed
+
+        pipe = testbed.load_pipeline(device=dev, dtype=torch_dtype)
+    else:
+        from diffusers import DiffusionPipeline
+
+        local = Path(source).expanduser()
+        if local.exists() and not (local / "model_index.json").is_file():
+            raise ModelSourceError(
+                f"model folder {str(local)!r} has no model_index.json: save the pipeline with "
+                "`pipe.save_pretrained(folder)` or pass a hub id"
+            )
+        try:
+            pipe = DiffusionPipeline.from_pretrained(
+                str(local) if local.exists() else source,
+                dtype=torch_dtype,
+                use_safetensors=True,
+            )
+        except (OSError, ValueError) as exc:
+            offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+            hint = (
+                "the hub is offline (HF_HUB_OFFLINE=1): download the model on a machine with "
+                "network access and pass its local folder, or fill the Hugging Face cache "
+                "(HF_HOME)" if offline else "check the hub id or the folder path"
+            )
+            raise ModelSourceError(f"cannot load model {source!r}: {exc}\nHint: {hint}") from exc
+        pipe.to(dev)
+    check_pipeline_tokenizers(pipe)
+    if hasattr(pipe, "set_progress_bar_config"):
+        pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def check_pipeline_tokenizers(pipe) -> None:
+    from crdiff_search.tokenizers import check_tokenizer
+
+    for attr in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        tok = getattr(pipe, attr, None)
+        if tok is not None:
+            need = _MIN_VOCAB.get(type(tok).__name__, 1000)
+            check_tokenizer(tok, min_vocab=need, what=f"{attr} ({type(tok).__name__})")
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The pipeline's denoising network: ``pipe.unet`` or ``pipe.transformer``."""
+    for attr in ("unet", "transformer"):
+        module = getattr(pipe, attr, None)
+        if module is not None:
+            return module
+    raise UsageError(
+        f"{type(pipe).__name__} has neither a `unet` nor a `transformer`: only UNet and "
+        "transformer diffusion pipelines can be pruned"
+    )
+
+
+def spatial_factor(pipe) -> int:
+    """Image sides must be multiples of this (VAE downsampling times UNet depth or patch size)."""
+    vae_factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
+    net = denoiser_of(pipe)
+    cfg = net.config
+    if hasattr(cfg, "block_out_channels"):
+        return vae_factor * 2 ** (len(cfg.block_out_channels) - 1)
+    return vae_factor * int(getattr(cfg, "patch_size", 1) or 1)
+
+
+def generate_images(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    batch_size: int | None = None,
+) -> list:
+    """Generate one image per prompt, each from its own seeded generator (common random numbers).
+
+    The image for ``(prompt, seed)`` does not depend on the batch it is generated in.
+    """
+    if len(prompts) != len(seeds):
+        raise UsageError(f"got {len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
+    batch = batch_size or len(prompts)
+    device = getattr(pipe, "device", torch.device("cpu"))
+    gen_device = "cpu" if device.type == "mps" else device
+    images = []
+    for start in range(0, len(prompts), batch):
+        chunk = list(prompts[start : start + batch])
+        gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start : start + batch]]
+        with torch.inference_mode():
+            if type(pipe).__name__ == "DiTPipeline":
+                out = pipe(
+                    class_labels=pipe.get_label_ids(chunk),
+                    guidance_scale=guidance,
+                    num_inference_steps=steps,
+                    generator=gens,
+                    output_type="pil",
+                )
+            else:
+                out = pipe(
+                    prompt=chunk,
+                    height=height,
+                    width=width,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    generator=gens,
+                    output_type="pil",
+                )
+        images.extend(out.images)
+    return images
