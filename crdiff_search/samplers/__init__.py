@@ -1,0 +1,60 @@
+"""Optuna samplers that propose per-group pruning ratios.
+
+The search space is one float per group, named by the group (``{"down": FloatDistribution(0.1,
+0.8), ...}``). :func:`create_sampler` maps the names of :data:`SAMPLER_NAMES` to samplers:
+``anneal`` (our tuned :class:`SimulatedAnnealingSampler`), ``anneal-paper`` (the reference
+constants, :func:`paper_sampler`), ``tpe``, ``random``, ``cmaes`` (Optuna's) and ``uniform``
+(one ratio shared by all groups, :class:`UniformRatioSampler`).
+"""
+
+from crdiff_search.samplers._anneal import ChainState, SeededSource, SimulatedAnnealingSampler
+from crdiff_search.samplers._paper import (
+    PAPER_BUDGET,
+    PAPER_OPTIONS,
+    paper_sampler,
+    paper_search_space,
+)
+from crdiff_search.samplers._registry import SAMPLER_NAMES, create_sampler, sampler_options
+from crdiff_search.samplers._strategies import (
+    AbsoluteStep,
+    AllCoordinates,
+    GeometricCooling,
+    Metropolis,
+    OneCoordinate,
+    RangeFractionStep,
+    Reheat,
+    ReheatOrRestart,
+    Restart,
+    SomeCoordinates,
+    StartAt,
+    StartAtCenter,
+    Stop,
+)
+from crdiff_search.samplers._uniform import UniformRatioSampler
+
+__all__ = [
+    "PAPER_BUDGET",
+    "PAPER_OPTIONS",
+    "SAMPLER_NAMES",
+    "AbsoluteStep",
+    "AllCoordinates",
+    "ChainState",
+    "GeometricCooling",
+    "Metropolis",
+    "OneCoordinate",
+    "RangeFractionStep",
+    "Reheat",
+    "ReheatOrRestart",
+    "Restart",
+    "SeededSource",
+    "SimulatedAnnealingSampler",
+    "SomeCoordinates",
+    "StartAt",
+    "StartAtCenter",
+    "Stop",
+    "UniformRatioSampler",
+    "create_sampler",
+    "paper_sampler",
+    "paper_search_space",
+    "sampler_options",
+]

@@ -1,0 +1,120 @@
+"""Sampler names -> factories (the only place where names are resolved)."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from optuna.exceptions import ExperimentalWarning
+from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
+
+from crdiff_search.errors import UsageError
+from crdiff_search.samplers._anneal import SimulatedAnnealingSampler
+from crdiff_search.samplers._paper import paper_sampler
+from crdiff_search.samplers._strategies import AllCoordinates, OneCoordinate, SomeCoordinates
+from crdiff_search.samplers._uniform import UniformRatioSampler
+
+UNKNOWN_SAMPLER = "unknown sampler {name!r}; valid names: {valid}"
+BAD_OPTIONS = "sampler {name!r} does not accept option(s) {bad}; valid options: {valid}"
+
+# Neighbour moves by name, for experiment files (strings only at this edge).
+NEIGHBORS: dict[str, Callable[[], Any]] = {
+    "one": OneCoordinate,
+    "all": AllCoordinates,
+    "some": SomeCoordinates,
+}
+
+
+def _anneal(*, seed=None, **options) -> BaseSampler:
+    return SimulatedAnnealingSampler(seed=seed, **_named_neighbors(options))
+
+
+def _anneal_paper(*, seed=None, **options) -> BaseSampler:
+    return paper_sampler(seed=seed, **_named_neighbors(options))
+
+
+def _tpe(*, seed=None, **options) -> BaseSampler:
+    # Multivariate TPE with a constant liar: the configuration that makes sense for a few
+    # correlated ratios evaluated several at a time.
+    options = {"multivariate": True, "constant_liar": True, **options}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return TPESampler(seed=seed, **options)
+
+
+def _random(*, seed=None) -> BaseSampler:
+    return RandomSampler(seed=seed)
+
+
+def _cmaes(*, seed=None, **options) -> BaseSampler:
+    options = {"warn_independent_sampling": False, **options}
+    return CmaEsSampler(seed=seed, **options)
+
+
+def _uniform(*, seed=None, **options) -> BaseSampler:
+    return UniformRatioSampler(seed=seed, **options)
+
+
+_FACTORIES: dict[str, tuple[Callable[..., BaseSampler], Callable[..., Any]]] = {
+    # name: (factory, the callable whose keyword arguments are the valid options)
+    "anneal": (_anneal, SimulatedAnnealingSampler),
+    "anneal-paper": (_anneal_paper, SimulatedAnnealingSampler),
+    "tpe": (_tpe, TPESampler),
+    "random": (_random, RandomSampler),
+    "cmaes": (_cmaes, CmaEsSampler),
+    "uniform": (_uniform, UniformRatioSampler),
+}
+
+SAMPLER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def _named_neighbors(options: dict[str, Any]) -> dict[str, Any]:
+    out = dict(options)
+    for key in ("neighbor", "restart_neighbor"):
+        if isinstance(out.get(key), str):
+            if out[key] not in NEIGHBORS:
+                raise UsageError(f"unknown {key} {out[key]!r}; valid names: {', '.join(NEIGHBORS)}")
+            out[key] = NEIGHBORS[out[key]]()
+    return out
+
+
+def sampler_options(name: str) -> tuple[str, ...]:
+    """The option names ``create_sampler(name, ...)`` accepts (besides ``seed``)."""
+    _, signature_of = _lookup(name)
+    params = inspect.signature(signature_of).parameters
+    return tuple(p for p in params if p not in ("self", "seed"))
+
+
+def _lookup(name: str):
+    if name not in _FACTORIES:
+        raise UsageError(UNKNOWN_SAMPLER.format(name=name, valid=", ".join(SAMPLER_NAMES)))
+    return _FACTORIES[name]
+
+
+def create_sampler(name: str, *, seed: int | None = None, **options: Any) -> BaseSampler:
+    """Build the sampler registered under ``name`` (one of :data:`SAMPLER_NAMES`).
+
+    Example:
+        >>> create_sampler("anneal", seed=0, patience=8).__class__.__name__
+        'SimulatedAnnealingSampler'
+        >>> create_sampler("annealing")
+        Traceback (most recent call last):
+        ...
+        crdiff_search.errors.UsageError: unknown sampler 'annealing'; valid names: anneal, ...
+
+    Raises:
+        UsageError: an unknown name, an option the sampler does not take, or a bad value.
+    """
+    factory, _ = _lookup(name)
+    valid = sampler_options(name)
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise UsageError(BAD_OPTIONS.format(name=name, bad=", ".join(bad), valid=", ".join(valid)))
+    try:
+        return factory(seed=seed, **options)
+    except UsageError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"sampler {name!r}: invalid option value: {exc}") from exc
