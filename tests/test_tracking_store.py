@@ -1,0 +1,192 @@
+"""StudyTracker against SQLite: idempotent parent/child runs, nesting, params/metrics, images."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from crdiff_search.errors import UsageError
+from crdiff_search.tracking import (
+    KIND_TAG,
+    PARENT_TAG,
+    STUDY_TAG,
+    TRIAL_TAG,
+    StudyTracker,
+    TrackingError,
+    default_tracking_uri,
+    image_grid,
+    resolve_tracking_uri,
+)
+
+
+@pytest.fixture(scope="module")
+def db_uri(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    StudyTracker(uri, "crdiff-test")  # create the schema once for the module
+    return uri
+
+
+def _studies(tracker, study_id):
+    return tracker._search(f"tags.`{STUDY_TAG}` = '{study_id}' and tags.`{KIND_TAG}` = 'study'")
+
+
+def _tiles(n, size=16):
+    colours = ["red", "green", "blue", "yellow", "white", "black"]
+    return [Image.new("RGB", (size, size), colours[i % len(colours)]) for i in range(n)]
+
+
+def test_resume_never_duplicates_parent_or_child_runs(db_uri):
+    first = StudyTracker(db_uri, "crdiff-test")
+    parent = first.start_study(
+        "s-resume", {"sampler": "anneal", "trials": 4}, {"model": "tiny"}, "a = 1\n"
+    )
+    for i in range(3):
+        first.log_trial(parent, f"t{i}", {"down": 0.1 * i}, {"score": float(i)}, {"prune": 0.01})
+
+    # A restarted driver: a fresh tracker on the same store replays every trial and adds one.
+    second = StudyTracker(db_uri, "crdiff-test")
+    again = second.start_study(
+        "s-resume", {"sampler": "anneal", "trials": 4}, {"model": "tiny"}, "a = 1\n"
+    )
+    assert again == parent
+    ids = [
+        second.log_trial(parent, f"t{i}", {"down": 0.1 * i}, {"score": float(i) + 10}, {})
+        for i in range(4)
+    ]
+    assert len(set(ids)) == 4
+    assert len(_studies(second, "s-resume")) == 1
+    children = second.trial_runs(parent)
+    assert sorted(children) == ["t0", "t1", "t2", "t3"]
+    runs = second._search(f"tags.`{PARENT_TAG}` = '{parent}'")
+    assert len(runs) == 4  # t0..t2 updated in place, t3 new
+    # updated, not duplicated: the latest score wins
+    assert second.client.get_run(children["t1"]).data.metrics["score"] == 11.0
+    tags = second.client.get_run(parent).data.tags
+    assert tags["crdiff.resumes"] == "1"
+    assert second.client.get_run(parent).info.status == "RUNNING"
+
+
+def test_child_runs_nest_under_parent_with_params_metrics_timings(db_uri):
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study(
+        "s-nest", {"objective": "clip"}, {"resolution": "64x64"}, "x = 2\n"
+    )
+    run_id = tracker.log_trial(
+        parent,
+        "trial_00001",
+        {"down": 0.2, "mid": 0.0, "up": 0.35},
+        {"score": 0.75, "score_delta": -0.05, "sparsity": 0.18, "n_images": 4},
+        {"load": 1.5, "t_prune": 0.02, "generate": 0.9, "score": 0.3},
+    )
+    run = tracker.client.get_run(run_id)
+    assert run.data.tags[PARENT_TAG] == parent
+    assert run.data.tags[TRIAL_TAG] == "trial_00001"
+    assert run.data.tags[STUDY_TAG] == "s-nest"
+    assert run.data.params == {"down": "0.2", "mid": "0.0", "up": "0.35"}
+    metrics = run.data.metrics
+    assert metrics["score"] == 0.75 and metrics["sparsity"] == 0.18 and metrics["n_images"] == 4
+    assert metrics["t_load"] == 1.5 and metrics["t_prune"] == 0.02
+    assert metrics["t_generate"] == 0.9 and metrics["t_score"] == 0.3
+    assert run.info.status == "FINISHED"
+
+    parent_run = tracker.client.get_run(parent)
+    assert parent_run.data.params == {"objective": "clip"}
+    assert parent_run.data.tags["resolution"] == "64x64"
+    assert parent_run.data.tags["crdiff.version"]
+    if "crdiff.git_commit" in parent_run.data.tags:
+        assert len(parent_run.data.tags["crdiff.git_commit"]) == 40
+    local = tracker.client.download_artifacts(parent, "experiment.toml")
+    assert Path(local).read_text() == "x = 2\n"
+
+    failed = tracker.log_trial(
+        parent, "trial_00002", {"down": 0.9}, {}, {}, state="FAILED", error="CUDA out of memory"
+    )
+    run = tracker.client.get_run(failed)
+    assert run.info.status == "FAILED" and run.data.tags["crdiff.error"] == "CUDA out of memory"
+
+    tracker.finish_study(parent, "COMPLETE")
+    assert tracker.client.get_run(parent).info.status == "FINISHED"
+    with pytest.raises(UsageError, match="valid"):
+        tracker.finish_study(parent, "DONE-ISH")
+
+
+def test_image_grids_logged_as_png_artifacts(db_uri):
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study("s-images", {}, {}, None)
+    tracker.log_dense_baseline(parent, {"score": 0.8}, _tiles(4), [f"prompt {i}" for i in range(4)])
+    trial = tracker.log_trial(parent, "t-best", {"down": 0.3}, {"score": 0.9}, {})
+    tracker.log_best(parent, "t-best", 0.9, {"down": 0.3}, _tiles(4), [f"p{i}" for i in range(4)])
+
+    assert tracker.client.get_run(parent).data.metrics["dense.score"] == 0.8
+    assert tracker.client.get_run(parent).data.tags["crdiff.best1.trial_id"] == "t-best"
+    names = {a.path for a in tracker.client.list_artifacts(parent, "images")}
+    assert names == {"images/dense.png", "images/best1.png"}
+    assert {a.path for a in tracker.client.list_artifacts(trial, "images")} == {
+        "images/samples.png"
+    }
+    png = tracker.client.download_artifacts(parent, "images/dense.png")
+    with Image.open(png) as grid:
+        assert grid.format == "PNG"
+        # 4 tiles of 16 px enlarged to 128 px, 2 x 2, plus caption and title bands
+        assert grid.width >= 2 * 128 and grid.height > 2 * 128
+
+
+def test_image_grid_layout_and_captions():
+    plain = image_grid(_tiles(3, 32), min_tile=32)
+    captioned = image_grid(_tiles(3, 32), ["a red one", "green", "blue"], min_tile=32, title="t")
+    assert plain.size[0] == captioned.size[0] == 2 * 34 + 2
+    assert captioned.size[1] > plain.size[1]
+    # a red tile sits at the top-left, after the 2-px padding
+    assert plain.getpixel((5, 5)) == (255, 0, 0)
+    import torch
+
+    grid = image_grid([torch.ones(3, 8, 8), torch.zeros(8, 8, 3)], min_tile=8, ncols=2)
+    assert grid.getpixel((3, 3)) == (255, 255, 255) and grid.getpixel((14, 3)) == (0, 0, 0)
+    with pytest.raises(ValueError, match="captions"):
+        image_grid(_tiles(2), ["only one"])
+    buf = io.BytesIO()
+    captioned.save(buf, format="PNG")
+    assert buf.getvalue()[:4] == b"\x89PNG"
+
+
+def test_racing_duplicates_are_collapsed_to_the_oldest(db_uri):
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study("s-race", {}, {}, None)
+    # Simulate another process that created the same study run concurrently.
+    time.sleep(0.01)
+    dup = tracker.client.create_run(
+        tracker.experiment_id, tags={STUDY_TAG: "s-race", KIND_TAG: "study"}
+    ).info.run_id
+    with pytest.warns(UserWarning, match="duplicate"):
+        assert tracker.find_study("s-race") == parent
+    assert tracker.client.get_run(dup).info.lifecycle_stage == "deleted"
+    assert len(_studies(tracker, "s-race")) == 1
+
+
+def test_uri_resolution_and_errors_name_the_uri(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert default_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    assert resolve_tracking_uri(None) == default_tracking_uri()
+    assert resolve_tracking_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path.resolve()}/rel/m.db"
+    assert resolve_tracking_uri("store.db") == f"sqlite:///{tmp_path.resolve()}/store.db"
+    assert resolve_tracking_uri("http://host:5000") == "http://host:5000"
+    with pytest.raises(UsageError, match="no scheme"):
+        resolve_tracking_uri("somewhere")
+    with pytest.raises(UsageError, match="unknown scheme 'ftp'"):
+        resolve_tracking_uri("ftp://x/y")
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{port}"
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match=f"tracking URI {uri}"):
+        StudyTracker(uri, "crdiff-test")
+    assert time.monotonic() - start < 30
