@@ -1,0 +1,415 @@
+"""The recipe: everything needed to reproduce a pruned (and amplified) model at one resolution.
+
+A recipe is a typed, validated, versioned record. It round-trips through a plain dict and JSON;
+the same dict is what the registry stores and MLflow records. ``checksum`` is the SHA-256 of the
+canonical JSON of every other field, so a recipe edited after export is rejected on load.
+
+Example::
+
+    recipe = Recipe(model="testbed", width=64, height=64, ratios={"down": 0.3, "mid": 0.2, "up": 0.4},
+                    poa_w=1.5, objective="scene", scores={"dense": 0.41, "pruned": 0.52, "recipe": 0.55})
+    text = recipe.to_json()
+    assert Recipe.from_json(text) == recipe
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import subprocess
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from crdiff_search.errors import UsageError
+
+RECIPE_VERSION = 1
+GRANULARITIES = ("paper", "block", "kind")
+PRUNABLE_KINDS = ("self_attn", "cross_attn", "ff", "resnet")
+CRITERIA = ("magnitude",)
+_RESOLUTION_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
+
+
+class RecipeError(UsageError):
+    """A recipe that is malformed, from an unknown schema version, or altered after export."""
+
+
+def parse_resolution(value) -> tuple[int, int]:
+    """``"768x512"``, ``(768, 512)`` or ``[768, 512]`` -> ``(width, height)``."""
+    if isinstance(value, str):
+        match = _RESOLUTION_RE.match(value)
+        if not match:
+            raise UsageError(f"resolution {value!r} must look like WIDTHxHEIGHT, e.g. 768x512")
+        width, height = int(match[1]), int(match[2])
+    else:
+        try:
+            width, height = (int(v) for v in value)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"resolution {value!r} must be WIDTHxHEIGHT or (width, height)"
+            ) from None
+    if width <= 0 or height <= 0:
+        raise UsageError(f"resolution {width}x{height} must be positive")
+    return width, height
+
+
+def format_resolution(width: int, height: int) -> str:
+    return f"{int(width)}x{int(height)}"
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How to rebuild the partition: the arguments of ``search_spaces.build_partition``."""
+
+    granularity: str = "paper"
+    include: tuple[str, ...] | None = None
+    n_groups: int | None = None
+
+    def __post_init__(self):
+        if self.granularity not in GRANULARITIES:
+            raise RecipeError(
+                f"partition granularity {self.granularity!r} is unknown; valid: {', '.join(GRANULARITIES)}"
+            )
+        if self.include is not None:
+            include = tuple(self.include)
+            bad = [k for k in include if k not in PRUNABLE_KINDS]
+            if bad or not include:
+                raise RecipeError(
+                    f"partition include {list(include)!r} is invalid; valid kinds: {', '.join(PRUNABLE_KINDS)}"
+                )
+            object.__setattr__(self, "include", include)
+        if self.n_groups is not None and (
+            isinstance(self.n_groups, bool)
+            or not isinstance(self.n_groups, int)
+            or self.n_groups < 1
+        ):
+            raise RecipeError(f"partition n_groups {self.n_groups!r} must be a positive integer")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "granularity": self.granularity,
+            "include": list(self.include) if self.include is not None else None,
+            "n_groups": self.n_groups,
+        }
+
+    @classmethod
+    def from_dict(cls, data) -> PartitionSpec:
+        if isinstance(data, PartitionSpec):
+            return data
+        if not isinstance(data, dict):
+            raise RecipeError(
+                f"recipe field 'partition' must be an object, got {type(data).__name__}"
+            )
+        unknown = sorted(set(data) - {"granularity", "include", "n_groups"})
+        if unknown:
+            raise RecipeError(f"recipe partition has unknown keys {unknown}")
+        return cls(
+            granularity=data.get("granularity", "paper"),
+            include=tuple(data["include"]) if data.get("include") is not None else None,
+            n_groups=data.get("n_groups"),
+        )
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A registry entry: (model, resolution) -> partition, criterion, ratios, POA, provenance.
+
+    ``scores`` holds the objective's values on the held-out prompts, at least ``"dense"`` and
+    ``"recipe"`` (this recipe's score) when it comes from a re-ranking. ``poa_window`` is
+    ``None`` (every step) or ``(lo, hi)`` in normalised diffusion time (see
+    :class:`crdiff_search.poa.PoaWindow`).
+    """
+
+    model: str
+    width: int
+    height: int
+    ratios: dict[str, float]
+    model_revision: str | None = None
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    criterion: str = "magnitude"
+    poa_w: float = 1.0
+    poa_window: tuple[float, float] | None = None
+    objective: str | None = None
+    higher_is_better: bool = True
+    scores: dict[str, float] = field(default_factory=dict)
+    steps: int | None = None
+    guidance: float | None = None
+    study_id: str | None = None
+    run_id: str | None = None
+    trial_id: str | None = None
+    code_version: str | None = None
+    created_at: str | None = None
+    schema_version: int = RECIPE_VERSION
+
+    def __post_init__(self):
+        _check_str("model", self.model, required=True)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise RecipeError(
+                    f"recipe field {name!r} must be a positive integer, got {value!r}"
+                )
+        if not isinstance(self.partition, PartitionSpec):
+            object.__setattr__(self, "partition", PartitionSpec.from_dict(self.partition))
+        if self.criterion not in CRITERIA:
+            raise RecipeError(
+                f"recipe criterion {self.criterion!r} is unknown; valid: {', '.join(CRITERIA)}"
+            )
+        if not isinstance(self.ratios, dict) or not self.ratios:
+            raise RecipeError("recipe field 'ratios' must be a non-empty object {group: ratio}")
+        ratios = {}
+        for group, ratio in self.ratios.items():
+            if not isinstance(group, str) or not group:
+                raise RecipeError(f"recipe ratio group {group!r} must be a non-empty string")
+            if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio < 1:
+                raise RecipeError(
+                    f"recipe ratio for group {group!r} is {ratio!r}; valid ratios are in [0, 1)"
+                )
+            ratios[group] = float(ratio)
+        object.__setattr__(self, "ratios", ratios)
+        if (
+            isinstance(self.poa_w, bool)
+            or not isinstance(self.poa_w, int | float)
+            or not math.isfinite(self.poa_w)
+        ):
+            raise RecipeError(f"recipe poa_w {self.poa_w!r} must be a finite number (1.0 = no POA)")
+        object.__setattr__(self, "poa_w", float(self.poa_w))
+        if self.poa_window is not None:
+            from crdiff_search.poa import PoaWindow
+
+            try:
+                window = PoaWindow.parse(self.poa_window)
+            except UsageError as exc:
+                raise RecipeError(f"recipe poa_window: {exc}") from None
+            object.__setattr__(self, "poa_window", (window.lo, window.hi))
+        if not isinstance(self.scores, dict):
+            raise RecipeError("recipe field 'scores' must be an object {name: number}")
+        scores = {}
+        for key, value in self.scores.items():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise RecipeError(
+                    f"recipe score {key!r} is {value!r}; scores must be finite numbers"
+                )
+            scores[str(key)] = float(value)
+        object.__setattr__(self, "scores", scores)
+        if not isinstance(self.higher_is_better, bool):
+            raise RecipeError(
+                f"recipe higher_is_better must be true or false, got {self.higher_is_better!r}"
+            )
+        if self.steps is not None and (
+            isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1
+        ):
+            raise RecipeError(f"recipe steps {self.steps!r} must be a positive integer")
+        if self.guidance is not None:
+            if isinstance(self.guidance, bool) or not isinstance(self.guidance, int | float):
+                raise RecipeError(f"recipe guidance {self.guidance!r} must be a number")
+            object.__setattr__(self, "guidance", float(self.guidance))
+        for name in (
+            "model_revision",
+            "objective",
+            "study_id",
+            "run_id",
+            "trial_id",
+            "code_version",
+            "created_at",
+        ):
+            _check_str(name, getattr(self, name))
+        if self.schema_version != RECIPE_VERSION:
+            raise RecipeError(
+                f"recipe schema_version {self.schema_version!r} is not supported by this version of "
+                f"crdiff-search (supported: {RECIPE_VERSION})"
+            )
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def resolution(self) -> tuple[int, int]:
+        return (self.width, self.height)
+
+    @property
+    def resolution_str(self) -> str:
+        return format_resolution(self.width, self.height)
+
+    @property
+    def checksum(self) -> str:
+        return _checksum(self._payload())
+
+    def replace(self, **changes) -> Recipe:
+        return replace(self, **changes)
+
+    # -- serialisation -------------------------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["partition"] = self.partition.to_dict()
+        data["poa_window"] = list(self.poa_window) if self.poa_window is not None else None
+        data["ratios"] = dict(self.ratios)
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, with ``checksum`` over every other field."""
+        data = self._payload()
+        data["checksum"] = _checksum(data)
+        return data
+
+    def to_json(self, *, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_dict(cls, data, *, verify: bool = True) -> Recipe:
+        """Validate and build a recipe. With ``verify`` (default) the ``checksum`` must be present
+        and match; pass ``verify=False`` only for a hand-written recipe."""
+        if not isinstance(data, dict):
+            raise RecipeError(f"a recipe must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        checksum = data.pop("checksum", None)
+        version = data.get("schema_version", RECIPE_VERSION)
+        if version != RECIPE_VERSION:
+            raise RecipeError(
+                f"recipe schema_version {version!r} is not supported by this version of "
+                f"crdiff-search (supported: {RECIPE_VERSION})"
+            )
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RecipeError(
+                f"recipe has unknown fields {unknown}; valid: {', '.join(sorted(names))}"
+            )
+        missing = [n for n in ("model", "width", "height", "ratios") if n not in data]
+        if missing:
+            raise RecipeError(f"recipe is missing required fields {missing}")
+        if data.get("poa_window") is not None:
+            data["poa_window"] = tuple(data["poa_window"])
+        if "partition" in data:
+            data["partition"] = PartitionSpec.from_dict(data["partition"])
+        try:
+            recipe = cls(**data)
+        except TypeError as exc:
+            raise RecipeError(f"malformed recipe: {exc}") from None
+        if verify:
+            if checksum is None:
+                raise RecipeError(
+                    "recipe has no checksum: it was not written by `crdiff export` or Recipe.save; "
+                    "load a hand-written recipe with verify=False"
+                )
+            if checksum != recipe.checksum:
+                raise RecipeError(
+                    f"recipe checksum mismatch (stored {str(checksum)[:12]}..., computed "
+                    f"{recipe.checksum[:12]}...): the recipe was modified after export"
+                )
+        return recipe
+
+    @classmethod
+    def from_json(cls, text: str, *, verify: bool = True) -> Recipe:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise RecipeError(f"recipe is not valid JSON: {exc}") from None
+        return cls.from_dict(data, verify=verify)
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise RecipeError(f"recipe file {str(path)!r} does not exist")
+        try:
+            return cls.from_json(path.read_text(encoding="utf-8"), verify=verify)
+        except RecipeError as exc:
+            raise RecipeError(f"{path}: {exc}") from None
+
+
+def _check_str(name: str, value, *, required: bool = False) -> None:
+    if value is None and not required:
+        return
+    if not isinstance(value, str) or not value.strip():
+        raise RecipeError(f"recipe field {name!r} must be a non-empty string, got {value!r}")
+
+
+def _checksum(payload: dict[str, Any]) -> str:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def code_version() -> str:
+    """The package version, plus the git commit (``+g<sha>``, ``.dirty``) when run from a checkout."""
+    try:
+        from importlib.metadata import version
+
+        base = version("crdiff-search")
+    except Exception:
+        base = "0+unknown"
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return base
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return base
+    return f"{base}+g{sha}{'.dirty' if dirty else ''}"
+
+
+def model_fingerprint(source: str, denoiser=None) -> str | None:
+    """A content hash or revision for the base model.
+
+    For a local folder: ``sha256:`` of the denoiser's safetensors files; for a hub id: the
+    cached snapshot's commit when one is known; otherwise, with ``denoiser`` given, ``sha256:``
+    of its weights (a stable digest of the state dict).
+    """
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(
+            p for sub in ("unet", "transformer") for p in (path / sub).glob("*.safetensors")
+        )
+        if files:
+            digest = hashlib.sha256()
+            for file in files:
+                with file.open("rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+            return "sha256:" + digest.hexdigest()
+    if denoiser is not None:
+        return "sha256:" + state_dict_digest(denoiser)
+    return None
+
+
+def state_dict_digest(module) -> str:
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        t = tensor.detach().to("cpu").contiguous()
+        if t.dtype == torch.bfloat16:
+            t = t.view(torch.int16)
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
