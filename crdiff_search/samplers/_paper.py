@@ -25,6 +25,12 @@ How the preset expresses what a sampler cannot do itself:
 - *Stall rule*: "reheat if best > 0.8 (3 times), otherwise restart (2 times), then stop" is
   read as: reheat while the best exceeds 0.8 and reheats remain, else restart while restarts
   remain, else stop.
+- *Iterations*: every evaluation is one iteration (the start and restart evaluations too):
+  the temperature cools and the patience counts after each.
+- *No point twice in a row* (the one deliberate deviation): a one-coordinate move clipped at a
+  bound can land on the current point or repeat the previous proposal; the reference then
+  spends an iteration on a point it has already scored (its score cache answers); the preset
+  redraws the move from the same generator instead, so every trial is new information.
 - *Score cache*: the reference reuses the score of an already-seen rounded point; here every
   iteration is a trial (caching evaluations is the runner's business).
 """

@@ -50,7 +50,9 @@ def _random(*, seed=None) -> BaseSampler:
 
 def _cmaes(*, seed=None, **options) -> BaseSampler:
     options = {"warn_independent_sampling": False, **options}
-    return CmaEsSampler(seed=seed, **options)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return CmaEsSampler(seed=seed, **options)
 
 
 def _uniform(*, seed=None, **options) -> BaseSampler:
@@ -99,7 +101,7 @@ def create_sampler(name: str, *, seed: int | None = None, **options: Any) -> Bas
     Example:
         >>> create_sampler("anneal", seed=0, patience=8).__class__.__name__
         'SimulatedAnnealingSampler'
-        >>> create_sampler("annealing")
+        >>> create_sampler("annealing")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         crdiff_search.errors.UsageError: unknown sampler 'annealing'; valid names: anneal, ...

@@ -1,0 +1,61 @@
+"""Optuna's own sampler contract suites, run against every sampler of our name table.
+
+Which suites apply follows what each sampler is: all take the basic suite; those that sample
+relatively (anneal, anneal-paper, tpe past its start-up trials, cmaes) take the relative suite;
+the multi-objective suite goes to the samplers that support several objectives (tpe, random,
+uniform) and the single-only suite to those that refuse them (anneal, anneal-paper, cmaes).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+import pytest
+from optuna.testing.pytest_samplers import (
+    BasicSamplerTestCase,
+    MultiObjectiveSamplerTestCase,
+    RelativeSamplerTestCase,
+    SingleOnlySamplerTestCase,
+)
+
+from crdiff_search.samplers import create_sampler
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _factory(name: str):
+    return lambda: create_sampler(name, seed=0)
+
+
+class TestAnnealContract(BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase):
+    @pytest.fixture(params=["anneal", "anneal-paper"])
+    def sampler(self, request):
+        return _factory(request.param)
+
+
+class TestCmaesContract(BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnlySamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return _factory("cmaes")
+
+
+class TestTpeContract(BasicSamplerTestCase, MultiObjectiveSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return _factory("tpe")
+
+
+class TestTpeRelativeContract(RelativeSamplerTestCase):
+    # Our TPE configuration samples relatively only after its random start-up trials; the
+    # relative suite tells one trial, so start-up is set to zero here.
+    @pytest.fixture
+    def sampler(self):
+        return lambda: create_sampler("tpe", seed=0, n_startup_trials=0)
+
+
+class TestIndependentContract(BasicSamplerTestCase, MultiObjectiveSamplerTestCase):
+    @pytest.fixture(params=["random", "uniform"])
+    def sampler(self, request):
+        return _factory(request.param)
