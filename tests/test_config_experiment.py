@@ -1,0 +1,280 @@
+"""Experiment configs: defaults, round trips, overrides, and every named validation error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from crdiff_search.config import (
+    CONFIG_VERSION,
+    ExperimentConfig,
+    load_experiment,
+    model_info,
+    parse_resolution,
+)
+from crdiff_search.errors import UsageError
+from crdiff_search.testing import tiny_unet_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def config_only_model(folder: Path) -> Path:
+    """A pipeline folder holding only config files (as the validator may read), no weights."""
+    (folder / "unet").mkdir(parents=True)
+    (folder / "vae").mkdir()
+    (folder / "model_index.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "StableDiffusionPipeline",
+                "unet": ["diffusers", "UNet2DConditionModel"],
+                "vae": ["diffusers", "AutoencoderKL"],
+            }
+        )
+    )
+    unet = {"_class_name": "UNet2DConditionModel", **tiny_unet_config()}
+    (folder / "unet" / "config.json").write_text(json.dumps(unet))
+    (folder / "vae" / "config.json").write_text(
+        json.dumps(
+            {
+                "_class_name": "AutoencoderKL",
+                "block_out_channels": [32, 64],
+            }
+        )
+    )
+    return folder
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_defaults_are_the_testbed_study_and_round_trip():
+    cfg = load_experiment(None)
+    assert cfg == ExperimentConfig()
+    assert cfg.version == CONFIG_VERSION
+    assert cfg.model.source == "testbed"
+    assert (cfg.width, cfg.height) == (64, 64)
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert ExperimentConfig.from_toml(cfg.to_toml()) == cfg
+
+
+def test_file_round_trip_with_every_section(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("# captions\na cat on a sofa\na red bus\n\na bowl of fruit\n")
+    model = config_only_model(tmp_path / "model")
+    path = write(
+        tmp_path,
+        f"""
+        study = "tiny-32x48"
+        resolution = "32x48"
+        output = "{tmp_path / "out"}"
+        [model]
+        source = "{model}"
+        dtype = "float16"
+        scheduler = "ddim"
+        steps = 2
+        guidance = 5.0
+        [prompts]
+        file = "prompts.txt"
+        count = 2
+        seeds = [7, 9]
+        chunk_size = 1
+        [objective]
+        name = ["clip", "aesthetic"]
+        weights = [1.0, 0.25]
+        options = {{ clip = {{ model = "ViT-B-32" }} }}
+        [partition]
+        granularity = "block"
+        [ratios]
+        low = 0.05
+        high = 0.5
+        [search]
+        sampler = "tpe"
+        trials = 12
+        concurrency = 3
+        early_stopping = true
+        retries = 2
+        [resources]
+        cpu = 2
+        gpu = 1
+        [tracking]
+        uri = "http://127.0.0.1:5000"
+    """,
+    )
+    cfg = load_experiment(path)
+    assert cfg.prompt_list() == ["a cat on a sofa", "a red bus"]
+    assert cfg.seed_list() == [7, 9]
+    assert cfg.chunks() == [(0, 1), (1, 2)]
+    assert cfg.prompts.file == str(prompts)  # resolved next to the experiment file
+    assert cfg.objective.options_for("clip") == {"model": "ViT-B-32"}
+    assert cfg.objective.options_for("aesthetic") == {}
+    assert cfg.ratios.bounds("anything") == (0.05, 0.5)
+    assert cfg.resources.gpu == 1.0 and cfg.search.early_stopping
+    again = ExperimentConfig.from_toml(cfg.to_toml())
+    assert again == cfg
+    assert cfg.to_dict()["objective"]["name"] == ["clip", "aesthetic"]
+
+
+def test_overrides_short_and_dotted():
+    cfg = load_experiment(
+        None,
+        trials=5,
+        sampler="random",
+        seed=3,
+        out="x/y",
+        tracking_uri="a.db",
+        **{"model.steps": 2, "prompts__count": 3},
+        concurrency=None,
+    )
+    assert (cfg.search.trials, cfg.search.sampler, cfg.search.seed) == (5, "random", 3)
+    assert cfg.output_dir == Path("x/y") and cfg.tracking.uri == "a.db"
+    assert cfg.model.steps == 2 and cfg.prompts.count == 3
+    assert cfg.search.concurrency == 1  # None = not given
+
+
+def test_seed_list_and_chunks():
+    cfg = load_experiment(
+        None, **{"prompts.count": 5, "prompts.seeds": 10, "prompts.chunk_size": 2}
+    )
+    assert cfg.seed_list() == [10, 11, 12, 13, 14]
+    assert cfg.chunks() == [(0, 2), (2, 4), (4, 5)]
+
+
+@pytest.mark.parametrize(
+    ("text", "needles"),
+    [
+        ("bogus = 1", ["'bogus'", "[model]", "resolution"]),
+        ("[model]\nsteps_count = 2", ["[model]", "'steps_count'", "valid keys", "steps"]),
+        ('[model]\nsteps = "8"', ["model.steps", "integer", "'8'"]),
+        ('[model]\nguidance = "high"', ["model.guidance", "number"]),
+        ('[model]\ndtype = "fp8"', ["model.dtype", "'fp8'", "float16", "bfloat16"]),
+        ('[model]\nscheduler = "heun"', ["model.scheduler", "ddim", "euler"]),
+        ('resolution = "64by64"', ["resolution", "'64by64'", "WIDTHxHEIGHT"]),
+        ("resolution = 64", ["resolution", "string"]),
+        ('[search]\nsampler = "grid"', ["search.sampler", "'grid'", "anneal", "tpe", "uniform"]),
+        ("[search]\ntrials = 0", ["search.trials", ">= 1"]),
+        ('[search]\nearly_stopping = "yes"', ["search.early_stopping", "true or false"]),
+        ('[objective]\nname = "beauty"', ["objective.name", "'beauty'", "imagereward", "scene"]),
+        (
+            '[objective]\nname = ["clip", "aesthetic"]\nweights = [1.0]',
+            ["objective.weights", "one per name"],
+        ),
+        ('[objective]\nmode = "up"', ["objective.mode", "max", "min"]),
+        ('[partition]\ngranularity = "layer"', ["partition.granularity", "paper", "block", "kind"]),
+        ('[partition]\ninclude = ["conv"]', ["partition.include[0]", "self_attn", "resnet"]),
+        ("[ratios]\nlow = 0.6\nhigh = 0.2", ["ratios", "0 <= low < high < 1"]),
+        ("[ratios.groups]\nmid = [0.1]", ["ratios.groups.mid", "[low, high]"]),
+        ('[prompts]\nfile = "nowhere.txt"', ["prompts.file", "nowhere.txt", "does not exist"]),
+        ('[prompts]\nitems = ["a", "b"]\ncount = 3', ["prompts.count", "valid: 1..2"]),
+        ("[prompts]\nseeds = [1, 2]\ncount = 3", ["prompts.seeds", "one per prompt"]),
+        ("[prompts]\nchunk_size = 9", ["prompts.chunk_size", "valid: 0"]),
+        ("version = 2", ["version", "valid: 1"]),
+        ('plugins = ["no_such_module_xyz"]', ["plugins[0]", "no_such_module_xyz"]),
+        ("[resources]\ngpu = -1", ["resources", "gpu >= 0"]),
+    ],
+)
+def test_bad_fields_name_the_field_and_valid_values(tmp_path, text, needles):
+    path = write(tmp_path, text + "\n")
+    with pytest.raises(UsageError) as info:
+        load_experiment(path)
+    for needle in needles:
+        assert needle in str(info.value), (needle, str(info.value))
+
+
+def test_real_model_needs_prompts(tmp_path):
+    model = config_only_model(tmp_path / "model")
+    path = write(tmp_path, f'resolution = "32x32"\n[model]\nsource = "{model}"\n')
+    with pytest.raises(UsageError, match="prompts: give `items`"):
+        load_experiment(path)
+
+
+def test_resolution_must_divide_by_the_models_spatial_factor(tmp_path):
+    model = config_only_model(tmp_path / "model")
+    assert model_info(str(model)).spatial_factor == 4  # VAE x2, UNet x2: read from configs only
+    path = write(
+        tmp_path,
+        f"""
+        resolution = "30x32"
+        [model]
+        source = "{model}"
+        [prompts]
+        items = ["a cat"]
+    """,
+    )
+    with pytest.raises(UsageError) as info:
+        load_experiment(path)
+    assert "divisible by 4" in str(info.value) and "28x32" in str(info.value)
+
+
+def test_known_hub_ids_are_checked_without_the_network():
+    info = model_info("stabilityai/stable-diffusion-xl-base-1.0")
+    assert info is not None and info.spatial_factor == 32
+    with pytest.raises(UsageError, match="divisible by 32"):
+        load_experiment(
+            None,
+            model="stabilityai/stable-diffusion-xl-base-1.0",
+            resolution="400x560",
+            **{"prompts.items": ["a cat"], "prompts.count": 1},
+        )
+
+
+def test_ratio_groups_the_partition_lacks(tmp_path):
+    pytest.importorskip("search_spaces.partition")
+    model = config_only_model(tmp_path / "model")
+    path = write(
+        tmp_path,
+        f"""
+        resolution = "32x32"
+        [model]
+        source = "{model}"
+        [prompts]
+        items = ["a cat"]
+        [ratios.groups]
+        middle = [0.0, 0.3]
+    """,
+    )
+    with pytest.raises(UsageError) as info:
+        load_experiment(path)
+    msg = str(info.value)
+    assert "'middle'" in msg and "down" in msg and "up" in msg
+
+
+def test_missing_experiment_file():
+    with pytest.raises(UsageError, match="does not exist"):
+        load_experiment("/nonexistent/exp.toml")
+
+
+def test_parse_resolution():
+    assert parse_resolution("400x560") == (400, 560)
+    assert parse_resolution(" 48 X 32 ") == (48, 32)
+    with pytest.raises(UsageError):
+        parse_resolution("0x32")
+
+
+def test_cli_exits_2_before_ray_starts(tmp_path):
+    bad = [
+        write(tmp_path, "[model]\nsteps = 'x'\n", "a.toml"),
+        write(tmp_path, "[search]\nsampler = 'grid'\n", "b.toml"),
+        write(tmp_path, "[prompts]\nfile = 'missing.txt'\n", "c.toml"),
+    ]
+    code = textwrap.dedent(f"""
+        import sys
+        from crdiff_search.cli import main
+        codes = [main(["search", p]) for p in {[str(p) for p in bad]!r}]
+        codes.append(main(["search", "--trials", "0"]))
+        print("CODES", codes, "ray" in sys.modules, "torch" in sys.modules)
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("CODES")][0]
+    assert line == "CODES [2, 2, 2, 2] False False", out.stdout + out.stderr
+    assert "model.steps" in out.stderr and "search.sampler" in out.stderr
+    assert "prompts.file" in out.stderr and "--trials" in out.stderr
