@@ -1,0 +1,186 @@
+"""Figures for the comparison report.
+
+Every function returns a :class:`matplotlib.figure.Figure` built without pyplot (no global
+state, no GUI backend), so figures can be inspected in tests and saved anywhere with
+:func:`save_png`.
+
+Example::
+
+    from analysis import curve_bands, plots
+    fig = plots.best_so_far_figure(curve_bands(table, "images"), "images")
+    plots.save_png(fig, "best_vs_images.png")
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.curves import AXES
+from analysis.table import RATIO_PREFIX, ratio_columns
+
+DPI = 80
+MAX_LANDSCAPE_GROUPS = 4
+_JITTER_SEED = 0
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, tuple]:
+    """A stable colour per method (tab10 in method order)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {m: cmap(i % 10) for i, m in enumerate(methods)}
+
+
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Save a small PNG (no timestamp metadata, so reruns write the same bytes)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png", metadata={"Software": None})
+    return path
+
+
+def best_so_far_figure(
+    bands: pd.DataFrame,
+    axis: str,
+    *,
+    methods: Sequence[str] | None = None,
+    target: float | None = None,
+    score_label: str = "score",
+) -> Figure:
+    """Median best-so-far per method (one line each) with its IQR band shaded."""
+    methods = list(methods or dict.fromkeys(bands["method"]))
+    colors = method_colors(methods)
+    fig = Figure(figsize=(6.0, 3.6))
+    ax = fig.add_subplot()
+    step = "post"
+    for method in methods:
+        part = bands[bands["method"] == method]
+        ax.step(part["x"], part["median"], where=step, color=colors[method], label=method, lw=1.6)
+        ax.fill_between(
+            part["x"], part["q25"], part["q75"], step=step, color=colors[method], alpha=0.18, lw=0
+        )
+    if target is not None and np.isfinite(target):
+        ax.axhline(target, color="0.4", ls=":", lw=1.0, label="target")
+    ax.set_xlabel(AXES[axis][2])
+    ax.set_ylabel(f"best {score_label} so far")
+    if axis != "trial":
+        ax.set_xlim(left=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title(f"best so far vs {AXES[axis][2]} (median, IQR over seeds)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def final_best_figure(
+    final: pd.DataFrame, *, methods: Sequence[str] | None = None, score_label: str = "score"
+) -> Figure:
+    """Box plot of the final best per method, with every seed drawn as a point."""
+    methods = list(methods or dict.fromkeys(final["method"]))
+    colors = method_colors(methods)
+    fig = Figure(figsize=(6.0, 3.4))
+    ax = fig.add_subplot()
+    data = [final.loc[final["method"] == m, "final_best"].dropna().to_numpy(float) for m in methods]
+    ax.boxplot(data, tick_labels=methods, widths=0.5, showfliers=False)
+    rng = np.random.default_rng(_JITTER_SEED)
+    for i, (method, values) in enumerate(zip(methods, data, strict=True), start=1):
+        ax.scatter(
+            i + rng.uniform(-0.12, 0.12, len(values)), values, s=14, color=colors[method], zorder=3
+        )
+    ax.set_ylabel(f"final best {score_label}")
+    ax.grid(alpha=0.3, axis="y")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.set_title("final best per seed", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def landscape_groups(table: pd.DataFrame, limit: int = MAX_LANDSCAPE_GROUPS) -> list[str]:
+    """The ratio columns to project: all of them when few, else the ``limit`` whose ratio is most
+    rank-correlated with the score (the ones that matter)."""
+    columns = ratio_columns(table)
+    if len(columns) <= limit:
+        return columns
+    done = table[table["state"] == "COMPLETE"]
+    strength = {c: abs(done[c].corr(done["score"], method="spearman")) for c in columns}
+    ranked = sorted(columns, key=lambda c: -np.nan_to_num(strength[c]))
+    return [c for c in columns if c in ranked[:limit]]
+
+
+def landscape_figure(
+    table: pd.DataFrame,
+    *,
+    methods: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    score_label: str = "score",
+    maximize: bool = True,
+) -> Figure:
+    """Pairwise projections of the ratios tried, coloured by score: one row per method, one
+    column per pair of groups (a single group: ratio against score)."""
+    methods = list(methods or dict.fromkeys(table["method"]))
+    groups = list(groups or landscape_groups(table))
+    done = table[(table["state"] == "COMPLETE") & table["score"].notna()]
+    pairs = list(itertools.combinations(groups, 2)) or [(groups[0], None)]
+    vmin, vmax = float(done["score"].min()), float(done["score"].max())
+    fig = Figure(figsize=(2.0 * len(pairs) + 1.0, 1.8 * len(methods) + 0.5), layout="constrained")
+    axes = fig.subplots(len(methods), len(pairs), squeeze=False, sharex="col", sharey="col")
+    mappable = None
+    for r, method in enumerate(methods):
+        # Best trials drawn last, on top.
+        part = done[done["method"] == method].sort_values("score", ascending=maximize)
+        for c, (gx, gy) in enumerate(pairs):
+            ax = axes[r][c]
+            y = part[gy] if gy is not None else part["score"]
+            mappable = ax.scatter(
+                part[gx],
+                y,
+                c=part["score"],
+                s=8,
+                cmap="viridis",
+                vmin=vmin,
+                vmax=vmax,
+                linewidths=0,
+            )
+            ax.tick_params(labelsize=6)
+            if r == 0:
+                ylabel = gy.removeprefix(RATIO_PREFIX) if gy is not None else score_label
+                ax.set_title(f"{gx.removeprefix(RATIO_PREFIX)} vs {ylabel}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(method, fontsize=7)
+    if mappable is not None:
+        fig.colorbar(mappable, ax=axes, shrink=0.8, label=score_label)
+    return fig
+
+
+def early_stopping_figure(
+    final: pd.DataFrame, *, methods: Sequence[str] | None = None, score_label: str = "score"
+) -> Figure:
+    """Final best against images spent, one point per (method, seed)."""
+    methods = list(methods or dict.fromkeys(final["method"]))
+    colors = method_colors(methods)
+    fig = Figure(figsize=(5.4, 3.4))
+    ax = fig.add_subplot()
+    for method in methods:
+        part = final[final["method"] == method]
+        hollow = method.endswith("+asha")
+        ax.scatter(
+            part["images"],
+            part["final_best"],
+            s=22,
+            label=method,
+            facecolors="none" if hollow else colors[method],
+            edgecolors=colors[method],
+        )
+    ax.set_xlabel("images generated by the study")
+    ax.set_ylabel(f"final best {score_label}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title("early stopping: final best vs images used", fontsize=9)
+    fig.tight_layout()
+    return fig

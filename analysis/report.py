@@ -1,0 +1,451 @@
+"""The comparison report: Markdown, a self-contained HTML page, PNG figures and CSV tables.
+
+The report is a pure function of the tidy table and a few settings, so rebuilding it from the
+saved table (``crdiff compare --report-only DIR``) writes the same Markdown.
+
+Example::
+
+    from analysis import load_table, write_report
+    report = write_report(load_table("cmp/comparison.parquet"), "cmp", title="testbed 64x64")
+    print(report.markdown.read_text())
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import plots
+from analysis.curves import AXES, curve_bands
+from analysis.early_stopping import early_stopping_summary, has_early_stopping
+from analysis.stats import final_best, rank_tests, summary_table, trials_to_reach
+from analysis.table import RATIO_PREFIX, methods_of, ratio_columns
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+FIGURES_DIR = "figures"
+TABLES_DIR = "tables"
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Report:
+    """Where a report was written."""
+
+    markdown: Path
+    html: Path | None
+    figures: dict[str, Path] = field(default_factory=dict)
+    tables: dict[str, Path] = field(default_factory=dict)
+
+
+# A report is a list of blocks rendered twice (Markdown and HTML).
+@dataclass(frozen=True)
+class _Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class _Text:
+    text: str
+
+
+@dataclass(frozen=True)
+class _Bullets:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Table:
+    frame: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _Image:
+    path: Path
+    alt: str
+
+
+def fmt(value, digits: int = 4) -> str:
+    """A table cell: ``inf`` as 'never', NaN as '', floats to ``digits`` significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | np.bool_):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        if math.isnan(value):
+            return ""
+        if math.isinf(value):
+            return "never" if value > 0 else "-inf"
+        if float(value).is_integer() and abs(value) < 1e6:
+            return str(int(value))
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _p(value: float) -> str:
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    return "< 0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _markdown_table(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(fmt(v))}</td>" for v in row) + "</tr>"
+        for row in frame.itertuples(index=False)
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _inline_md_to_html(text: str) -> str:
+    """Escape, then turn `code` and **bold** spans into tags (all the Markdown the report uses)."""
+    out = html.escape(text)
+    parts = out.split("`")
+    out = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    parts = out.split("**")
+    return "".join(f"<b>{p}</b>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_markdown(blocks: Sequence[object], base: Path) -> str:
+    out = []
+    for block in blocks:
+        if isinstance(block, _Heading):
+            out.append("#" * block.level + " " + block.text)
+        elif isinstance(block, _Text):
+            out.append(block.text)
+        elif isinstance(block, _Bullets):
+            out.append("\n".join(f"- {item}" for item in block.items))
+        elif isinstance(block, _Table):
+            out.append(_markdown_table(block.frame))
+        elif isinstance(block, _Image):
+            out.append(f"![{block.alt}]({block.path.relative_to(base).as_posix()})")
+    return "\n\n".join(out) + "\n"
+
+
+def render_html(blocks: Sequence[object], title: str) -> str:
+    out = []
+    for block in blocks:
+        if isinstance(block, _Heading):
+            out.append(f"<h{block.level}>{_inline_md_to_html(block.text)}</h{block.level}>")
+        elif isinstance(block, _Text):
+            out.append(f"<p>{_inline_md_to_html(block.text)}</p>")
+        elif isinstance(block, _Bullets):
+            items = "".join(f"<li>{_inline_md_to_html(i)}</li>" for i in block.items)
+            out.append(f"<ul>{items}</ul>")
+        elif isinstance(block, _Table):
+            out.append(_html_table(block.frame))
+        elif isinstance(block, _Image):
+            data = base64.b64encode(block.path.read_bytes()).decode("ascii")
+            out.append(
+                f'<p><img alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}"></p>'
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}"
+        "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
+        "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
+        f"</title><style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+
+
+def _findings(
+    summary: pd.DataFrame, kruskal: Mapping[str, float], pairs: pd.DataFrame, maximize: bool
+) -> list[str]:
+    """Plain sentences read off the numbers: the leader, how sure, and block-wise vs uniform."""
+    ranked = summary.dropna(subset=["median"]).sort_values("median", ascending=not maximize)
+    if ranked.empty:
+        return ["No study completed a trial."]
+    lead = ranked.iloc[0]
+    lines = [
+        f"Highest median final best: **{lead['method']}** ({fmt(lead['median'])}, IQR "
+        f"{fmt(lead['q25'])} to {fmt(lead['q75'])}, {lead['seeds']} seeds)."
+    ]
+    if np.isfinite(kruskal.get("p", np.nan)):
+        verdict = "differ" if kruskal["p"] < ALPHA else "are not distinguishable"
+        lines.append(
+            f"Kruskal-Wallis over {kruskal['k']} methods: H = {kruskal['H']:.2f}, "
+            f"p = {_p(kruskal['p'])}: the final-best distributions {verdict} at {ALPHA}."
+        )
+    for _, row in pairs.iterrows():
+        if lead["method"] not in (row["a"], row["b"]):
+            continue
+        other = row["b"] if row["a"] == lead["method"] else row["a"]
+        sign = 1.0 if row["a"] == lead["method"] else -1.0
+        p_better = row["p_a_better"] if sign > 0 else 1.0 - row["p_a_better"]
+        lines.append(
+            f"{lead['method']} vs {other}: shift {fmt(sign * row['shift'])}, "
+            f"P(better) = {p_better:.2f}, p = {_p(row['p'])} (Holm {_p(row['p_holm'])})."
+        )
+    if "uniform" in set(summary["method"]) and len(summary) > 1:
+        uni = summary.set_index("method").loc["uniform"]
+        block = ranked[ranked["method"] != "uniform"].iloc[0]
+        pair = pairs[
+            ((pairs["a"] == block["method"]) & (pairs["b"] == "uniform"))
+            | ((pairs["b"] == block["method"]) & (pairs["a"] == "uniform"))
+        ]
+        if len(pair):
+            row = pair.iloc[0]
+            sign = 1.0 if row["a"] == block["method"] else -1.0
+            better = (sign * row["shift"] > 0) == maximize
+            lines.append(
+                f"Block-wise vs uniform: the best block-wise method ({block['method']}, median "
+                f"{fmt(block['median'])}) {'beats' if better else 'does not beat'} uniform "
+                f"(median {fmt(uni['median'])}) by a shift of {fmt(sign * row['shift'])}, "
+                f"p = {_p(row['p'])} (Holm {_p(row['p_holm'])})."
+            )
+    return lines
+
+
+def build_blocks(
+    table: pd.DataFrame,
+    out_dir: Path,
+    *,
+    title: str,
+    share: float,
+    maximize: bool,
+    score_label: str,
+    context: Mapping[str, object],
+) -> tuple[list[object], dict[str, Path], dict[str, Path]]:
+    methods = methods_of(table)
+    figures_dir = out_dir / FIGURES_DIR
+    tables_dir = out_dir / TABLES_DIR
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, Path] = {}
+    tables: dict[str, Path] = {}
+
+    final = final_best(table, maximize=maximize)
+    reach, target = trials_to_reach(table, share, maximize=maximize)
+    summary = summary_table(table, share=share, maximize=maximize, final=final, reach=reach)
+    kruskal, pairs = rank_tests(final, maximize=maximize)
+
+    def figure(name: str, fig) -> Path:
+        figures[name] = plots.save_png(fig, figures_dir / f"{name}.png")
+        return figures[name]
+
+    def csv(name: str, frame: pd.DataFrame) -> None:
+        tables[name] = tables_dir / f"{name}.csv"
+        frame.to_csv(tables[name], index=False, float_format="%.6g")
+
+    seeds = table.groupby("method")["seed"].nunique()
+    trials = table.groupby(["method", "seed"]).size()
+    direction = "higher is better" if maximize else "lower is better"
+    setup = [
+        f"methods: {', '.join(f'`{m}`' for m in methods)}",
+        f"seeds per method: {fmt(int(seeds.min()))}"
+        + (f" to {fmt(int(seeds.max()))}" if seeds.max() != seeds.min() else ""),
+        f"trials per study: {fmt(int(trials.min()))}"
+        + (f" to {fmt(int(trials.max()))}" if trials.max() != trials.min() else ""),
+        f"score: {score_label} ({direction})",
+        *(f"{k}: {v}" for k, v in context.items()),
+    ]
+    blocks: list[object] = [_Heading(title, 1), _Bullets(tuple(setup))]
+
+    blocks += [_Heading("Findings"), _Bullets(tuple(_findings(summary, kruskal, pairs, maximize)))]
+
+    shown = summary[
+        [
+            "method",
+            "seeds",
+            "trials",
+            "median",
+            "q25",
+            "q75",
+            "mean",
+            "min",
+            "max",
+            "reached",
+            "trials_to_target",
+            "images_to_target",
+            "t_trial_s",
+            "wall_s",
+        ]
+    ]
+    blocks += [
+        _Heading("Summary"),
+        _Text(
+            f"Final best {score_label} over seeds (median, quartiles, mean, extremes); "
+            f"`reached`: seeds whose best reached the target {fmt(target)} "
+            f"({share:.0%} of the best known improvement over the dense model); "
+            "`trials_to_target` / `images_to_target`: median budget to get there "
+            "('never' when fewer than half the seeds did); `t_trial_s`: median seconds per "
+            "trial; `wall_s`: median wall time per study."
+        ),
+        _Table(shown),
+    ]
+    csv("summary", summary)
+
+    blocks.append(_Heading("Best so far"))
+    for axis in AXES:
+        bands = curve_bands(table, axis, maximize=maximize)
+        csv(f"best_so_far_{axis}", bands)
+        path = figure(
+            f"best_vs_{axis}",
+            plots.best_so_far_figure(
+                bands, axis, methods=methods, target=target, score_label=score_label
+            ),
+        )
+        blocks.append(_Image(path, f"best so far vs {AXES[axis][2]}"))
+
+    blocks += [_Heading("Final best and rank tests")]
+    blocks.append(
+        _Image(
+            figure(
+                "final_best",
+                plots.final_best_figure(final, methods=methods, score_label=score_label),
+            ),
+            "final best per seed",
+        )
+    )
+    if np.isfinite(kruskal["p"]):
+        blocks.append(
+            _Text(
+                f"Kruskal-Wallis: H = {kruskal['H']:.3f}, p = {_p(kruskal['p'])} "
+                f"({kruskal['k']} methods, {kruskal['n']} studies)."
+            )
+        )
+    if len(pairs):
+        blocks += [
+            _Text(
+                "Two-sided Mann-Whitney U per pair on the final best; `shift`: Hodges-Lehmann "
+                "estimate of a - b; `p_a_better`: probability that a seed of a ends better "
+                "than one of b (ties half); `rank_biserial` = 2 * p_a_better - 1; `p_holm`: "
+                "Holm-adjusted over all pairs."
+            ),
+            _Table(pairs),
+        ]
+    csv("final_best", final)
+    csv("rank_tests", pairs)
+    csv("trials_to_target", reach)
+
+    ratios = ratio_columns(table)
+    if ratios:
+        best_rows = (
+            final.dropna(subset=["final_best"])
+            .sort_values("final_best", ascending=not maximize)
+            .drop_duplicates("method")
+        )
+        sparsity = table.set_index(["method", "seed", "trial_number"])["sparsity"]
+        best_rows = best_rows.assign(
+            sparsity=[
+                sparsity.get((r.method, r.seed, r.best_trial), np.nan)
+                for r in best_rows.itertuples()
+            ]
+        )
+        shown = best_rows[["method", "seed", "best_trial", "final_best", *ratios, "sparsity"]]
+        shown = shown.rename(columns={c: c.removeprefix(RATIO_PREFIX) for c in ratios})
+        blocks += [
+            _Heading("Best ratios found"),
+            _Text(
+                "The best trial of each method (over all its seeds), its ratios and the "
+                "achieved sparsity."
+            ),
+            _Table(shown.reset_index(drop=True)),
+            _Heading("Ratio landscape"),
+            _Text(
+                "Every completed trial, projected on pairs of groups and coloured by score, "
+                "one row per method."
+            ),
+            _Image(
+                figure(
+                    "landscape",
+                    plots.landscape_figure(
+                        table, methods=methods, score_label=score_label, maximize=maximize
+                    ),
+                ),
+                "ratio landscape",
+            ),
+        ]
+
+    if has_early_stopping(table):
+        es = early_stopping_summary(table, maximize=maximize, final=final)
+        csv("early_stopping", es)
+        blocks += [
+            _Heading("Early stopping"),
+            _Text(
+                "Early-stopped methods (`+asha`) against the same sampler run to full "
+                "fidelity: `shift` is the Hodges-Lehmann estimate of the difference in final "
+                "best, `p` a two-sided Mann-Whitney U test, `images_saved` the share of "
+                "images not generated."
+            ),
+            _Table(es),
+            _Image(
+                figure(
+                    "early_stopping",
+                    plots.early_stopping_figure(final, methods=methods, score_label=score_label),
+                ),
+                "final best vs images",
+            ),
+        ]
+
+    timing_cols = [
+        c
+        for c in ("n_images", "t_prune", "t_generate", "t_score", "t_restore", "t_total")
+        if c in table and table[c].notna().any()
+    ]
+    timings = table.groupby("method", sort=False)[timing_cols].median().reset_index()
+    blocks += [
+        _Heading("Trial timings"),
+        _Text("Median per trial (seconds; images per trial)."),
+        _Table(timings),
+    ]
+    csv("timings", timings)
+
+    blocks += [
+        _Heading("Files"),
+        _Bullets(tuple(f"`{p.relative_to(out_dir).as_posix()}`" for p in tables.values())),
+    ]
+    return blocks, figures, tables
+
+
+def write_report(
+    table: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    title: str = "Sampler comparison",
+    share: float = 0.95,
+    maximize: bool = True,
+    score_label: str = "score",
+    context: Mapping[str, object] | None = None,
+    write_html: bool = True,
+) -> Report:
+    """Write ``report.md`` (and ``report.html``), ``figures/*.png`` and ``tables/*.csv``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if table.empty:
+        raise ValueError("the comparison table has no finished trials")
+    blocks, figures, tables = build_blocks(
+        table,
+        out_dir,
+        title=title,
+        share=share,
+        maximize=maximize,
+        score_label=score_label,
+        context=dict(context or {}),
+    )
+    md = out_dir / REPORT_MD
+    md.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
+    page = None
+    if write_html:
+        page = out_dir / REPORT_HTML
+        page.write_text(render_html(blocks, title), encoding="utf-8")
+    return Report(markdown=md, html=page, figures=figures, tables=tables)
