@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -117,7 +119,13 @@ def resolve_file(
 
 
 def resolve_model_dir(
-    value: str | os.PathLike | None, *, what: str, env_var: str, default: str | None, how: str = ""
+    value: str | os.PathLike | None,
+    *,
+    what: str,
+    env_var: str,
+    default: str | None,
+    allow_patterns: Sequence[str] | None = None,
+    how: str = "",
 ) -> str:
     """A local model folder, or a hub id whose snapshot is in the cache (or downloadable)."""
     tried: list[str] = []
@@ -136,7 +144,7 @@ def resolve_model_dir(
         from huggingface_hub import snapshot_download
 
         try:
-            return snapshot_download(text)
+            return snapshot_download(text, allow_patterns=allow_patterns)
         except Exception as err:
             tried.append(f"{source}: hub id {text!r} ({type(err).__name__}: not in the cache)")
     else:
@@ -198,3 +206,140 @@ def check_batch(images: Sequence[Any], prompts: Sequence[str] | None) -> None:
         raise ValueError(
             f"got {len(images)} images but {len(prompts)} prompts: pass one prompt per image"
         )
+
+
+def mlp_head(in_features: int, hidden: Sequence[int] = (1024, 128, 64, 16)) -> torch.nn.Sequential:
+    """The linear MLP shared by ImageReward and the LAION aesthetic predictor: linears without
+    activations, dropout 0.2, 0.2, 0.1 after the first three. The linears sit at indices
+    0, 2, 4, 6, 7 of ``layers``, as in both checkpoints."""
+    from torch import nn
+
+    sizes = [in_features, *hidden]
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(hidden) - 1:
+            layers.append(nn.Dropout((0.2, 0.2, 0.1)[i] if i < 3 else 0.0))
+    layers.append(nn.Linear(sizes[-1], 1))
+    return nn.Sequential(*layers)
+
+
+def mlp_head_sizes(state: dict[str, torch.Tensor], prefix: str) -> tuple[int, tuple[int, ...]]:
+    """(in_features, hidden sizes) of an :func:`mlp_head` from its state dict."""
+    linears = sorted(
+        int(k[len(prefix) :].split(".")[0])
+        for k in state
+        if k.startswith(prefix) and k.endswith(".weight")
+    )
+    if not linears:
+        raise UsageError(f"no '{prefix}N.weight' tensors: not an MLP head checkpoint")
+    shapes = [state[f"{prefix}{i}.weight"].shape for i in linears]
+    return shapes[0][1], tuple(s[0] for s in shapes[:-1])
+
+
+_OPEN_CLIP_HOW = (
+    "pass pretrained=<a tag of open_clip.list_pretrained_tags_by_model(model)> with the weights "
+    "in the Hugging Face cache (or online), or pretrained=/path/to/checkpoint "
+    "(.safetensors or a torch state dict), or set ${env_var}"
+)
+
+
+def _open_clip_name(model: str | os.PathLike) -> str:
+    import open_clip
+
+    path = Path(model)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise UsageError(f"open_clip model config {path} does not exist")
+        open_clip.add_model_config(path)
+        return path.stem
+    if str(model) not in open_clip.list_models():
+        raise UsageError(
+            f"unknown open_clip architecture {str(model)!r}: use a name from "
+            "open_clip.list_models() (e.g. ViT-L-14) or a model config .json file"
+        )
+    return str(model)
+
+
+_OPEN_CLIP_CACHE: dict[tuple, tuple] = {}
+
+
+@contextlib.contextmanager
+def _quiet_root_warnings():
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def load_open_clip(
+    model: str | os.PathLike,
+    pretrained: str | os.PathLike | None,
+    *,
+    env_var: str,
+    device: torch.device,
+    dtype: torch.dtype,
+):
+    """(model, preprocess, tokenizer) from open_clip, loaded once per process per settings.
+
+    ``pretrained`` is an open_clip tag (weights from the hub cache) or a local checkpoint file;
+    ``None`` reads ``$env_var``. Random weights are never used silently.
+    """
+    import open_clip
+
+    from crdiff_search.tokenizers import check_tokenizer
+
+    name = _open_clip_name(model)
+    if pretrained is None:
+        pretrained = os.environ.get(env_var)
+    if pretrained is None:
+        raise missing_weights(
+            f"open_clip {name}",
+            tried=[f"${env_var} (not set)", "pretrained argument (not given)"],
+            how=_OPEN_CLIP_HOW.format(env_var=env_var),
+        )
+    key = (name, os.fspath(pretrained), str(device), dtype)
+    if key in _OPEN_CLIP_CACHE:
+        return _OPEN_CLIP_CACHE[key]
+    path = Path(pretrained).expanduser()
+    if path.is_file():
+        # open_clip warns that the model is random; it is not for long (loaded just below).
+        with _quiet_root_warnings():
+            clip_model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
+        state = load_state_dict(path)
+        missing, unexpected = clip_model.load_state_dict(state, strict=False)
+        # Buffers such as attn_mask/position_ids may be absent from exported checkpoints.
+        missing = [k for k in missing if not k.endswith(("attn_mask", "position_ids"))]
+        if missing or unexpected:
+            raise UsageError(
+                f"{path} does not match open_clip {name}: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
+    else:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if str(pretrained) not in tags:
+            raise UsageError(
+                f"pretrained={str(pretrained)!r} is neither a file nor a tag of {name}; "
+                f"tags: {', '.join(tags) or 'none'}"
+            )
+        try:
+            clip_model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=str(pretrained)
+            )
+        except Exception as err:
+            raise missing_weights(
+                f"open_clip {name} ({pretrained})",
+                tried=[f"tag {pretrained!r}: {type(err).__name__}: {err}"],
+                how=_OPEN_CLIP_HOW.format(env_var=env_var),
+            ) from err
+    tokenizer = open_clip.get_tokenizer(name)
+    vocab = getattr(tokenizer, "encoder", None) or getattr(tokenizer, "tokenizer", None)
+    if vocab is not None:
+        expected = getattr(clip_model, "vocab_size", None) or 49408
+        check_tokenizer(vocab, min_vocab=expected, what=f"open_clip tokenizer of {name}")
+    clip_model.eval().requires_grad_(False).to(device, dtype)
+    _OPEN_CLIP_CACHE[key] = (clip_model, preprocess, tokenizer)
+    return _OPEN_CLIP_CACHE[key]

@@ -39,6 +39,8 @@ from objectives._common import (
     batches,
     check_batch,
     load_state_dict,
+    mlp_head,
+    mlp_head_sizes,
     pick_device,
     pick_dtype,
     resolve_file,
@@ -72,31 +74,6 @@ _HOW_VOCAB = (
 )
 
 
-def reward_head(in_features: int, hidden: Sequence[int] = HEAD_HIDDEN) -> nn.Sequential:
-    """ImageReward's MLP: linear layers without activations, dropout between the first four.
-
-    The layout (indices 0, 2, 4, 6, 7 hold the linears) is the checkpoint's ``mlp.layers``.
-    """
-    sizes = [in_features, *hidden]
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(a, b))
-        if i < len(hidden) - 1:
-            layers.append(nn.Dropout((0.2, 0.2, 0.1)[i] if i < 3 else 0.0))
-    layers.append(nn.Linear(sizes[-1], 1))
-    return nn.Sequential(*layers)
-
-
-def _head_sizes(state: Mapping[str, torch.Tensor], prefix: str) -> tuple[int, tuple[int, ...]]:
-    linears = sorted(
-        int(k[len(prefix) :].split(".")[0])
-        for k in state
-        if k.startswith(prefix) and k.endswith(".weight")
-    )
-    shapes = [state[f"{prefix}{i}.weight"].shape for i in linears]
-    return shapes[0][1], tuple(s[0] for s in shapes[:-1])
-
-
 class ImageRewardModel(nn.Module):
     """BLIP image encoder + cross-attending text encoder + reward head -> standardised reward."""
 
@@ -106,7 +83,7 @@ class ImageRewardModel(nn.Module):
 
         self.vision = BlipVisionModel(vision_config)
         self.text = BlipTextModel(text_config, add_pooling_layer=False)
-        self.head = reward_head(text_config.hidden_size, head_hidden)
+        self.head = mlp_head(text_config.hidden_size, head_hidden)
         self.image_size = vision_config.image_size
 
     def forward(self, pixel_values, input_ids, attention_mask) -> torch.Tensor:
@@ -325,7 +302,7 @@ class ImageRewardObjective(Objective):
                 f"med_config vocab_size {med['vocab_size']} < tokenizer size {len(self.tokenizer)}"
             )
         vision_config, text_config = configs_from_checkpoint(state, med, vision_heads=vision_heads)
-        in_features, hidden = _head_sizes(state, "mlp.layers.")
+        in_features, hidden = mlp_head_sizes(state, "mlp.layers.")
         model = ImageRewardModel(vision_config, text_config, hidden)
         model.load_state_dict(map_state_dict(state), strict=True)
         if in_features != text_config.hidden_size:
