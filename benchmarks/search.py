@@ -1,0 +1,294 @@
+"""Search throughput: framework overhead per trial, and the speed-up over a reload loop.
+
+Two ways to evaluate the same kind of candidates (ratios per group) on the same prompts and
+seeds, side by side:
+
+* **framework**: ``crdiff_search.runner.run_study``: Ray Tune trials on a reused actor that
+  keeps the pipeline and the scorer loaded; a trial applies masks, generates, scores, restores;
+  every trial is logged to MLflow (SQLite) and to ``trials.parquet``.
+* **reload loop**: what one-off scripts do: for every candidate, load the pipeline and the
+  scorer again, build the pruning masks, generate, score.
+
+Figures:
+
+* ``overhead_share``: the framework's time per trial that is neither generation nor scoring,
+  as a share of the trial's wall time, measured in the steady state (from the first trial's end
+  to the last trial's end, so Ray start-up and the one model load are left out; they are
+  reported separately). Target: <= 0.10.
+* ``speedup_vs_reload_loop``: reload-loop seconds per candidate / framework seconds per trial
+  (steady state), i.e. how many more trials per hour a long study gets. Target: >= 3.
+  ``speedup_end_to_end`` also counts start-up for the ``--trials`` run.
+
+Model: the shipped testbed when its weights are present, else a tiny random-init Stable
+Diffusion pipeline (``crdiff_search.testing.tiny_sd_pipeline``) saved to a temporary folder.
+The tiny pipeline loads in a fraction of a second, unlike real checkpoints (seconds to minutes,
+plus the scorer's own weights), so its speed-up understates the one on real models.
+
+Usage::
+
+    python benchmarks/search.py                       # both halves, a table
+    python benchmarks/search.py --json                # machine-readable
+    python benchmarks/search.py --only reload --trials 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+
+
+def prepare_model(kind: str, workdir: Path) -> tuple[str, str]:
+    """``(model source, note)`` for ``kind`` in {auto, testbed, tiny} or a pipeline folder."""
+    if kind in ("auto", "testbed"):
+        from crdiff_search import testbed
+
+        if (Path(testbed.WEIGHTS_DIR) / "model_index.json").is_file():
+            return "testbed", "the shipped testbed model"
+        if kind == "testbed":
+            raise SystemExit(f"no testbed weights in {testbed.WEIGHTS_DIR}")
+        kind = "tiny"
+    if kind == "tiny":
+        from crdiff_search.testing import tiny_sd_pipeline
+
+        folder = workdir / "tiny-sd"
+        tiny_sd_pipeline(seed=0).save_pretrained(str(folder))
+        return str(folder), (
+            "a tiny random-init Stable Diffusion pipeline (testbed weights not present); it "
+            "loads far faster than real checkpoints, so the speed-up is a lower bound"
+        )
+    return kind, f"pipeline folder {kind}"
+
+
+def make_config(source: str, args, workdir: Path, trials: int):
+    from crdiff_search.config import load_experiment
+    from crdiff_search.testbed.scenes import sample_captions
+
+    overrides = {
+        "model": source,
+        "steps": args.steps,
+        "trials": trials,
+        "sampler": "random",
+        "seed": 0,
+        "concurrency": 1,
+        "out": str(workdir / "study"),
+        "tracking_uri": f"sqlite:///{workdir / 'mlflow.db'}",
+        "resolution": args.resolution,
+        "study": "bench",
+        "model.device": "cpu",
+        "prompts.items": sample_captions(args.images, 0),
+        "prompts.count": args.images,
+        "objective.name": args.objective,
+    }
+    return load_experiment(None, **overrides)
+
+
+def candidates(groups: list[str], n: int, seed: int = 0) -> list[dict[str, float]]:
+    """The dense model first, then random ratios in [0, 0.6] per group."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    out = [dict.fromkeys(groups, 0.0)]
+    while len(out) < n:
+        out.append({g: round(float(rng.uniform(0.0, 0.6)), 3) for g in groups})
+    return out[:n]
+
+
+def reload_loop(cfg, n: int) -> dict:
+    """Evaluate ``n`` candidates, loading the pipeline and the scorer for each."""
+    import torch
+
+    import objectives
+    from crdiff_search.models import denoiser_of, generate_images, load_pipeline
+    from crdiff_search.pruning import Pruner
+    from search_spaces import build_partition
+
+    torch.set_grad_enabled(False)
+    prompts, seeds = cfg.prompt_list(), cfg.seed_list()
+    obj_name = cfg.objective.names[0]
+    rows = []
+    plan = None
+    for i in range(n):
+        t0 = time.perf_counter()
+        pipe = load_pipeline(cfg.model.source, dtype=cfg.model.dtype, device="cpu")
+        objectives.clear_objective_cache()
+        scorer = objectives.create_objective(obj_name, **cfg.objective.options_for(obj_name))
+        denoiser = denoiser_of(pipe)
+        partition = build_partition(denoiser, cfg.partition.granularity)
+        pruner = Pruner(denoiser, partition, criterion=cfg.partition.criterion)
+        t1 = time.perf_counter()
+        if plan is None:
+            plan = candidates(list(partition.group_names), n)
+        pruner.apply_(plan[i])
+        t2 = time.perf_counter()
+        images = generate_images(
+            pipe,
+            prompts,
+            seeds,
+            width=cfg.width,
+            height=cfg.height,
+            steps=cfg.model.steps,
+            guidance=cfg.model.guidance,
+        )
+        t3 = time.perf_counter()
+        scores = scorer.score(images, prompts)
+        t4 = time.perf_counter()
+        rows.append(
+            {
+                "load": t1 - t0,
+                "prune": t2 - t1,
+                "generate": t3 - t2,
+                "score": t4 - t3,
+                "total": t4 - t0,
+                "value": float(scorer.aggregate(scores)),
+            }
+        )
+        del pipe, pruner, denoiser
+    per = statistics.mean(r["total"] for r in rows)
+    return {
+        "candidates": n,
+        "seconds_per_candidate": per,
+        "load_seconds_mean": statistics.mean(r["load"] for r in rows),
+        "generate_seconds_mean": statistics.mean(r["generate"] for r in rows),
+        "score_seconds_mean": statistics.mean(r["score"] for r in rows),
+        "load_share": sum(r["load"] for r in rows) / sum(r["total"] for r in rows),
+        "wall_seconds": sum(r["total"] for r in rows),
+        "candidates_per_hour": 3600.0 / per,
+    }
+
+
+def framework(cfg, workdir: Path) -> dict:
+    """Run the study through the runner and measure overhead from its trial table."""
+    import pandas as pd
+
+    from crdiff_search.runner import run_study
+
+    t0 = time.perf_counter()
+    result = run_study(cfg, out_dir=workdir / "study", progress=False)
+    wall = time.perf_counter() - t0
+    df = pd.read_parquet(result.table_path)
+    df = df[df["state"] == "COMPLETE"].copy()
+    for col in ("started_at", "finished_at"):
+        df[col] = pd.to_datetime(df[col], utc=True)
+    df = df.sort_values("finished_at")
+    if len(df) < 3:
+        raise SystemExit(f"framework: only {len(df)} complete trials; need >= 3")
+    work = df["t_generate"] + df["t_score"]
+    steady = df.iloc[1:]  # trials whose whole life lies between the first and last end
+    steady_wall = (df["finished_at"].iloc[-1] - df["finished_at"].iloc[0]).total_seconds()
+    per_trial = steady_wall / len(steady)
+    steady_work = float((steady["t_generate"] + steady["t_score"]).sum())
+    in_trial = float((df["t_total"] - work).sum() / df["t_total"].sum())
+    return {
+        "trials": int(len(df)),
+        "seconds_per_trial": per_trial,
+        "overhead_share": max(0.0, 1.0 - steady_work / steady_wall),
+        "in_trial_overhead_share": in_trial,
+        "generate_seconds_mean": float(steady["t_generate"].mean()),
+        "score_seconds_mean": float(steady["t_score"].mean()),
+        "startup_seconds": (df["finished_at"].iloc[0] - df["started_at"].iloc[0]).total_seconds(),
+        "wall_seconds": wall,
+        "trials_per_hour": 3600.0 / per_trial,
+        "best_score": float(result.best_score),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="auto", help="auto | testbed | tiny | FOLDER")
+    parser.add_argument("--trials", type=int, default=12, help="framework trials (12)")
+    parser.add_argument(
+        "--reload-candidates", type=int, default=4, help="reload-loop candidates (4)"
+    )
+    parser.add_argument("--images", type=int, default=4, help="prompts per candidate (4)")
+    parser.add_argument("--steps", type=int, default=4, help="sampling steps (4)")
+    parser.add_argument("--resolution", default="64x64")
+    parser.add_argument("--objective", default="scene")
+    parser.add_argument("--only", choices=("reload", "framework"), default=None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="crdiff-bench-") as tmp:
+        workdir = Path(tmp)
+        source, note = prepare_model(args.model, workdir)
+        cfg = make_config(source, args, workdir, args.trials)
+        report: dict = {
+            "model": "testbed" if source == "testbed" else args.model,
+            "model_note": note,
+            "resolution": args.resolution,
+            "images_per_candidate": args.images,
+            "steps": args.steps,
+            "objective": args.objective,
+            "cpu_count": os.cpu_count(),
+        }
+        if args.only != "framework":
+            report["reload_loop"] = reload_loop(cfg, args.reload_candidates)
+        if args.only != "reload":
+            report["framework"] = framework(cfg, workdir)
+        if "reload_loop" in report and "framework" in report:
+            fw, rl = report["framework"], report["reload_loop"]
+            report["overhead_share"] = fw["overhead_share"]
+            report["speedup_vs_reload_loop"] = rl["seconds_per_candidate"] / fw["seconds_per_trial"]
+            report["speedup_end_to_end"] = (rl["seconds_per_candidate"] * fw["trials"]) / fw[
+                "wall_seconds"
+            ]
+            report["targets"] = {
+                "overhead_share<=0.10": report["overhead_share"] <= 0.10,
+                "speedup>=3": report["speedup_vs_reload_loop"] >= 3.0,
+            }
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    print(f"model: {report['model_note']}")
+    print(
+        f"{args.images} images x {args.steps} steps at {args.resolution}, objective {args.objective}"
+    )
+    rl, fw = report.get("reload_loop"), report.get("framework")
+    rows = [("", "reload loop", "framework")]
+
+    def cell(d, key, fmt="{:.3f}"):
+        return "-" if not d or key not in d else fmt.format(d[key])
+
+    rows.append(
+        ("s per candidate", cell(rl, "seconds_per_candidate"), cell(fw, "seconds_per_trial"))
+    )
+    rows.append(
+        ("generate s", cell(rl, "generate_seconds_mean"), cell(fw, "generate_seconds_mean"))
+    )
+    rows.append(("score s", cell(rl, "score_seconds_mean"), cell(fw, "score_seconds_mean")))
+    rows.append(("load s", cell(rl, "load_seconds_mean"), cell(fw, "startup_seconds")))
+    rows.append(("overhead share", cell(rl, "load_share"), cell(fw, "overhead_share")))
+    rows.append(
+        (
+            "per hour",
+            cell(rl, "candidates_per_hour", "{:.0f}"),
+            cell(fw, "trials_per_hour", "{:.0f}"),
+        )
+    )
+    for r in rows:
+        print(f"{r[0]:<18}{r[1]:>14}{r[2]:>14}")
+    if "speedup_vs_reload_loop" in report:
+        print(
+            f"overhead_share {report['overhead_share']:.3f} (target <= 0.10), "
+            f"speedup_vs_reload_loop {report['speedup_vs_reload_loop']:.2f}x (target >= 3), "
+            f"end to end {report['speedup_end_to_end']:.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
