@@ -281,6 +281,7 @@ class StudyTracker:
         self._client = self._call("connect", MlflowClient, tracking_uri=self.tracking_uri)
         self.experiment_id = self._ensure_experiment()
         self._children: dict[str, dict[str, str]] = {}
+        self._study_of: dict[str, str] = {}
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -365,14 +366,14 @@ class StudyTracker:
             )
         return runs[0]
 
-    def _log_params(self, run_id: str, params: Mapping[str, Any] | None) -> None:
-        """Log params that are new to the run; a changed value keeps the first (MLflow params
-        are immutable) and warns."""
+    def _new_params(self, run_id: str, params: Mapping[str, Any] | None, fresh: bool) -> list:
+        """Params new to the run; a changed value keeps the first (MLflow params are
+        immutable) and warns. ``fresh``: the run was just created, nothing to compare."""
         if not params:
-            return
+            return []
         from mlflow.entities import Param
 
-        existing = self._call("get run", self._client.get_run, run_id).data.params
+        existing = {} if fresh else self._call("get run", self._client.get_run, run_id).data.params
         new = []
         for key, value in params.items():
             text = _param_value(value)
@@ -381,29 +382,42 @@ class StudyTracker:
                     warnings.warn(
                         f"MLflow param {key!r} of run {run_id} stays {existing[key]!r}; "
                         f"ignored new value {text!r}",
-                        stacklevel=3,
+                        stacklevel=4,
                     )
                 continue
             new.append(Param(str(key), text))
-        for i in range(0, len(new), _BATCH):
-            self._call("log params", self._client.log_batch, run_id, params=new[i : i + _BATCH])
+        return new
 
-    def _log_metrics(self, run_id: str, metrics: Iterable[tuple[str, float]], step: int = 0):
-        from mlflow.entities import Metric
+    def _log_batch(
+        self,
+        run_id: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        metrics: Iterable[tuple[str, float]] = (),
+        tags: Mapping[str, Any] | None = None,
+        step: int = 0,
+        fresh: bool = False,
+    ) -> None:
+        """Params, metrics and tags in as few requests as MLflow's batch limits allow."""
+        from mlflow.entities import Metric, RunTag
 
         now = int(time.time() * 1000)
-        items = [Metric(k, v, now, int(step)) for k, v in metrics]
-        for i in range(0, len(items), 1000):
-            self._call("log metrics", self._client.log_batch, run_id, metrics=items[i : i + 1000])
-
-    def _set_tags(self, run_id: str, tags: Mapping[str, Any] | None) -> None:
-        if not tags:
-            return
-        from mlflow.entities import RunTag
-
-        items = [RunTag(str(k), _param_value(v)) for k, v in tags.items()]
-        for i in range(0, len(items), _BATCH):
-            self._call("set tags", self._client.log_batch, run_id, tags=items[i : i + _BATCH])
+        p = self._new_params(run_id, params, fresh)
+        m = [Metric(k, v, now, int(step)) for k, v in metrics]
+        t = [RunTag(str(k), _param_value(v)) for k, v in (tags or {}).items()]
+        while p or m or t:
+            chunk_p, p = p[:_BATCH], p[_BATCH:]
+            chunk_t, t = t[:_BATCH], t[_BATCH:]
+            room = 1000 - len(chunk_p) - len(chunk_t)
+            chunk_m, m = m[:room], m[room:]
+            self._call(
+                "log batch",
+                self._client.log_batch,
+                run_id,
+                metrics=chunk_m,
+                params=chunk_p,
+                tags=chunk_t,
+            )
 
     # -- studies --------------------------------------------------------------------------
 
@@ -462,8 +476,7 @@ class StudyTracker:
             resumes = int(current.data.tags.get("crdiff.resumes", "0")) + 1
             base_tags["crdiff.resumes"] = str(resumes)
             self._call("update run", self._client.update_run, run_id, status="RUNNING")
-        self._set_tags(run_id, {**base_tags, **dict(tags or {})})
-        self._log_params(run_id, params)
+        self._log_batch(run_id, params=params, tags={**base_tags, **dict(tags or {})})
         if config_text is not None:
             self._call(
                 "log experiment file", self._client.log_text, run_id, config_text, CONFIG_ARTIFACT
@@ -483,7 +496,7 @@ class StudyTracker:
         self, parent_run_id: str, metrics: Mapping[str, Any], *, step: int = 0
     ) -> None:
         """Log metrics on the study run (e.g. ``best_score``, ``n_trials``)."""
-        self._log_metrics(parent_run_id, _metric_items(metrics), step)
+        self._log_batch(parent_run_id, metrics=_metric_items(metrics), step=step)
 
     def log_dense_baseline(
         self,
@@ -495,7 +508,7 @@ class StudyTracker:
         """Record the dense model's metrics on the study run as ``dense.<name>`` and its images
         as ``images/dense.png``."""
         items = [(f"dense.{k}", v) for k, v in _metric_items(metrics)]
-        self._log_metrics(parent_run_id, items)
+        self._log_batch(parent_run_id, metrics=items)
         if images:
             self.log_images(parent_run_id, "dense", images, captions, title="dense baseline")
 
@@ -517,15 +530,41 @@ class StudyTracker:
         tags = {f"crdiff.{prefix}.trial_id": trial_id}
         if ratios:
             tags[f"crdiff.{prefix}.ratios"] = dict(ratios)
-        self._set_tags(parent_run_id, tags)
-        self._log_metrics(parent_run_id, [(f"{prefix}.score", float(score))])
+        self._log_batch(parent_run_id, metrics=[(f"{prefix}.score", float(score))], tags=tags)
+        child = self.find_trial(parent_run_id, trial_id)
         if images:
             label = ", ".join(f"{g}={r:.2f}" for g, r in (ratios or {}).items())
             title = f"{prefix}: trial {trial_id} score {float(score):.4g} {label}".strip()
             self.log_images(parent_run_id, prefix, images, captions, title=title)
-            child = self.find_trial(parent_run_id, trial_id)
             if child is not None:
                 self.log_images(child, "samples", images, captions, title=title)
+        elif child is not None:
+            self._copy_samples(child, parent_run_id, f"images/{prefix}.png")
+
+    def _copy_samples(self, child: str, parent: str, artifact: str) -> bool:
+        """Copy the trial run's ``images/samples.png`` (if any) to ``artifact`` of ``parent``."""
+        import shutil
+        import tempfile
+
+        names = {
+            a.path
+            for a in self._call("list artifacts", self._client.list_artifacts, child, "images")
+        }
+        if "images/samples.png" not in names:
+            return False
+        with tempfile.TemporaryDirectory(prefix="crdiff-mlflow-") as tmp:
+            local = self._call(
+                "download artifact",
+                self._client.download_artifacts,
+                child,
+                "images/samples.png",
+                tmp,
+            )
+            target = Path(tmp) / Path(artifact).name
+            shutil.copyfile(local, target)
+            parent_dir = str(Path(artifact).parent)
+            self._call("log artifact", self._client.log_artifact, parent, str(target), parent_dir)
+        return True
 
     # -- trials ---------------------------------------------------------------------------
 
@@ -583,13 +622,18 @@ class StudyTracker:
         if known is None:
             known = self.trial_runs(parent_run_id)
         run_id = known.get(trial_id) or self.find_trial(parent_run_id, trial_id)
+        fresh = False
         if run_id is None:
-            study_tags = self._call("get run", self._client.get_run, parent_run_id).data.tags
+            if parent_run_id not in self._study_of:
+                tags_of_parent = self._call(
+                    "get run", self._client.get_run, parent_run_id
+                ).data.tags
+                self._study_of[parent_run_id] = tags_of_parent.get(STUDY_TAG, "")
             new_tags = {
                 PARENT_TAG: parent_run_id,
                 KIND_TAG: "trial",
                 TRIAL_TAG: trial_id,
-                STUDY_TAG: study_tags.get(STUDY_TAG, ""),
+                STUDY_TAG: self._study_of[parent_run_id],
             }
             run = self._call(
                 "create trial run",
@@ -599,15 +643,16 @@ class StudyTracker:
                 run_name=run_name or f"trial-{trial_id}",
             )
             run_id = self.find_trial(parent_run_id, trial_id) or run.info.run_id
+            fresh = run_id == run.info.run_id
         known[trial_id] = run_id
         extra_tags = {"crdiff.state": str(state).upper(), **dict(tags or {})}
         if error:
             extra_tags["crdiff.error"] = str(error)
-        self._set_tags(run_id, extra_tags)
-        self._log_params(run_id, params)
         items = list(_metric_items(metrics))
         items += [(_timing_key(k), v) for k, v in _metric_items(timings)]
-        self._log_metrics(run_id, items, step)
+        self._log_batch(
+            run_id, params=params, metrics=items, tags=extra_tags, step=step, fresh=fresh
+        )
         if images:
             self.log_images(run_id, "samples", images, captions, title=f"trial {trial_id}")
         if run_status == "RUNNING":

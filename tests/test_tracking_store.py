@@ -125,8 +125,13 @@ def test_image_grids_logged_as_png_artifacts(db_uri):
 
     assert tracker.client.get_run(parent).data.metrics["dense.score"] == 0.8
     assert tracker.client.get_run(parent).data.tags["crdiff.best1.trial_id"] == "t-best"
+    # a best trial logged without images gets the grid its trial run already holds
+    tracker.log_trial(
+        parent, "t-second", {"down": 0.1}, {"score": 0.85}, {}, _tiles(2), captions=["x", "y"]
+    )
+    tracker.log_best(parent, "t-second", 0.85, {"down": 0.1}, rank=2)
     names = {a.path for a in tracker.client.list_artifacts(parent, "images")}
-    assert names == {"images/dense.png", "images/best1.png"}
+    assert names == {"images/dense.png", "images/best1.png", "images/best2.png"}
     assert {a.path for a in tracker.client.list_artifacts(trial, "images")} == {
         "images/samples.png"
     }
