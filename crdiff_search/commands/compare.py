@@ -1,0 +1,158 @@
+"""``crdiff compare [EXPERIMENT]``: samplers x seeds on one experiment, a table and a report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_SAMPLERS = "anneal,anneal-paper,tpe,random,uniform"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="compare samplers: one study per (sampler, seed), a table, plots and a report",
+        description=(
+            "Run one study per (sampler, seed) on the same experiment (same prompts, same "
+            "generation seeds) through the search runner, skipping studies already complete, "
+            "then write DIR/comparison.parquet and DIR/report.md (+ report.html, figures/, "
+            "tables/). Without EXPERIMENT, the testbed study."
+        ),
+    )
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        default=None,
+        help="experiment TOML file (default: the embedded testbed study)",
+    )
+    parser.add_argument(
+        "--samplers",
+        default=None,
+        help=f"comma-separated sampler names (default: {DEFAULT_SAMPLERS})",
+    )
+    parser.add_argument(
+        "--seeds",
+        default="5",
+        help="number of sampler seeds (5 -> 0..4) or a list (0,3,7); default 5",
+    )
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        help="trials per study, the dense trial included (default: the file's)",
+    )
+    parser.add_argument("--out", default=None, help="output folder (default: runs/compare-<study>)")
+    parser.add_argument(
+        "--early-stopping",
+        action="store_true",
+        help="also run every sampler with ASHA over prompt chunks (+asha arms)",
+    )
+    parser.add_argument(
+        "--report-only",
+        metavar="DIR",
+        default=None,
+        help="rebuild the report of DIR from DIR/comparison.parquet; run nothing",
+    )
+    parser.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="add existing study tables (folders searched for trials.parquet)",
+    )
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=0.95,
+        help="target for 'trials to reach': this share of the best known "
+        "improvement over the dense model (default 0.95)",
+    )
+    parser.add_argument("--resolution", default=None, help="override the experiment's WxH")
+    parser.add_argument(
+        "--prompts", type=int, default=None, help="override the number of prompts per trial"
+    )
+    parser.add_argument("--steps", type=int, default=None, help="override the sampling steps")
+    parser.add_argument("--concurrency", type=int, default=None, help="trials at once per study")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--progress", action="store_true", help="print every trial")
+    parser.set_defaults(func=_compare)
+
+
+def _positive(name: str, value: int | None) -> None:
+    from crdiff_search.errors import UsageError
+
+    if value is not None and value < 1:
+        raise UsageError(f"--{name} must be >= 1, got {value}")
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from crdiff_search.errors import UsageError
+
+    if not 0.0 < args.share <= 1.0:
+        raise UsageError(f"--share must be in (0, 1], got {args.share}")
+    if args.report_only:
+        from analysis.compare import build_report
+
+        path = build_report(args.report_only, share=args.share)
+        print(f"report: {path}")
+        return 0
+
+    for name in ("prompts", "steps", "concurrency"):
+        _positive(name, getattr(args, name))
+    from analysis.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
+
+    run = args.samplers is not None or not args.collect
+    samplers = parse_samplers(args.samplers or DEFAULT_SAMPLERS) if run else ()
+    seeds = parse_seeds(args.seeds)
+    plan = None
+    out = Path(args.out) if args.out else None
+    if run:
+        from crdiff_search.config import load_experiment
+
+        overrides = {
+            "resolution": args.resolution,
+            "prompts.count": args.prompts,
+            "steps": args.steps,
+            "concurrency": args.concurrency,
+            "tracking_uri": args.tracking_uri,
+        }
+        if args.no_tracking:
+            overrides["tracking.enabled"] = False
+        trials = args.trials
+        if trials is None:
+            trials = load_experiment(args.experiment, **overrides).search.trials
+        if out is None:
+            base = load_experiment(args.experiment, **overrides)
+            out = Path("runs") / f"compare-{base.study}"
+        plan = plan_comparison(
+            args.experiment,
+            samplers=samplers,
+            seeds=seeds,
+            trials=trials,
+            early_stopping=args.early_stopping,
+            overrides=overrides,
+            out_dir=out,
+        )
+    elif out is None:
+        raise UsageError("--collect without --samplers needs --out DIR for the table and report")
+
+    result = run_comparison(
+        plan,
+        out,
+        collect=args.collect or (),
+        address=args.address,
+        progress=args.progress,
+        share=args.share,
+    )
+    print(
+        f"ran {len(result.ran)}, skipped {len(result.skipped)} complete, "
+        f"collected {len(result.collected)}, failed {len(result.failed)}\n"
+        f"table: {result.table_path}\nreport: {result.report_path}"
+    )
+    for name, error in result.failed.items():
+        print(f"failed: {name}: {error}", file=sys.stderr)
+    return 1 if result.failed else 0

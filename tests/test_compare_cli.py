@@ -1,0 +1,240 @@
+"""``crdiff compare``: input checks before Ray, the plan, resume rules, --collect and --report-only,
+and one small end-to-end comparison through the search runner."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pandas as pd
+import pytest
+
+from analysis.compare import (
+    MANIFEST,
+    TABLE,
+    parse_seeds,
+    plan_comparison,
+    run_comparison,
+    study_status,
+)
+from analysis.synthetic import study_table
+from crdiff_search.cli import main
+from crdiff_search.errors import UsageError
+
+PLUGIN = '''
+import numpy as np
+from objectives import register_objective
+from objectives.base import Objective
+
+
+class Brightness(Objective):
+    """Mean pixel value: cheap, and it moves when weights are pruned."""
+
+    name = "brightness"
+
+    def score(self, images, prompts):
+        return np.array([float(np.asarray(im, dtype=np.float32).mean()) / 255.0 for im in images])
+
+
+register_objective("brightness", Brightness, replace=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    """A tiny random pipeline on disk and an experiment scoring it with a plug-in objective."""
+    from crdiff_search.testing import tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("tiny")
+    tiny_sd_pipeline(seed=0).save_pretrained(root / "pipe")
+    (root / "cmp_brightness_plugin.py").write_text(PLUGIN)
+    exp = root / "tiny.toml"
+    exp.write_text(
+        textwrap.dedent(f"""
+        study = "tiny"
+        resolution = "32x32"
+        plugins = ["cmp_brightness_plugin"]
+
+        [model]
+        source = "{root / "pipe"}"
+        steps = 2
+
+        [prompts]
+        items = ["a red circle", "two blue squares", "a green circle", "one red square"]
+        count = 2
+
+        [objective]
+        name = "brightness"
+    """)
+    )
+    return root, exp
+
+
+@pytest.fixture
+def plugin_path(tiny_experiment, monkeypatch):
+    root, exp = tiny_experiment
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.setenv("PYTHONPATH", str(root))  # Ray workers import the plug-in too
+    return exp
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--samplers", "anneal,bogus"], "unknown sampler(s) 'bogus'; valid: anneal"),
+        (["--samplers", "tpe,tpe"], "twice"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--seeds", "a,b"], "--seeds 'a,b'"),
+        (["--trials", "1"], "--trials must be >= 2"),
+        (["--share", "1.5"], "--share must be in (0, 1]"),
+        (["--prompts", "0"], "--prompts must be >= 1"),
+        (["--collect", "/nonexistent/folder", "--out", "x"], "neither a trial table"),
+        (["--report-only", "/nonexistent/folder"], "no comparison.parquet"),
+    ],
+)
+def test_bad_input_exits_2_before_ray_starts(argv, message, capsys):
+    import ray
+
+    assert main(["compare", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_seeds_are_a_count_or_a_list():
+    assert parse_seeds("3") == (0, 1, 2)
+    assert parse_seeds("4,9") == (4, 9)
+    with pytest.raises(UsageError, match="distinct"):
+        parse_seeds("1,1")
+
+
+def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(plugin_path, tmp_path):
+    plan = plan_comparison(
+        str(plugin_path),
+        samplers=["tpe", "uniform"],
+        seeds=[0, 5],
+        trials=4,
+        early_stopping=True,
+        out_dir=tmp_path,
+    )
+    assert [s.name for s in plan.studies] == [
+        "tpe-s0",
+        "tpe-s5",
+        "uniform-s0",
+        "uniform-s5",
+        "tpe-asha-s0",
+        "tpe-asha-s5",
+        "uniform-asha-s0",
+        "uniform-asha-s5",
+    ]
+    configs = [s.config for s in plan.studies]
+    assert {tuple(c.prompt_list()) for c in configs} == {("a red circle", "two blue squares")}
+    assert {tuple(c.seed_list()) for c in configs} == {(0, 1)}
+    assert [(c.search.sampler, c.search.seed, c.search.early_stopping) for c in configs[:2]] == [
+        ("tpe", 0, False),
+        ("tpe", 5, False),
+    ]
+    assert all(c.search.trials == 4 for c in configs)
+    # Early stopping needs several prompt chunks; every arm scores the same chunks.
+    assert {len(c.chunks()) for c in configs} == {2}
+    assert [c.search.early_stopping for c in configs].count(True) == 4
+    assert {c.tracking.experiment for c in configs} == {"tiny-compare"}
+    assert configs[0].output_dir == tmp_path / "studies" / "tpe-s0"
+    assert plan.context["resolution"] == "32x32" and plan.maximize
+
+
+def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(
+    plugin_path, tmp_path
+):
+    plan = plan_comparison(
+        str(plugin_path), samplers=["random"], seeds=[0], trials=3, out_dir=tmp_path
+    )
+    study = plan.studies[0]
+    assert study_status(study) == "new"
+    out = study.config.output_dir
+    out.mkdir(parents=True)
+    (out / "experiment.toml").write_text(study.config.replace(**{"search.trials": 9}).to_toml())
+    with pytest.raises(UsageError, match="other settings"):
+        study_status(study)
+    (out / "experiment.toml").write_text(study.config.to_toml())
+    study_table([0.1, 0.2, None], sampler="random", seed=0).to_parquet(out / "trials.parquet")
+    assert study_status(study) == "complete"
+
+
+def test_collect_and_report_only_rebuild_the_same_report(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for sampler, mean in (("anneal", 0.5), ("random", 0.2)):
+        for seed in range(3):
+            folder = runs / f"{sampler}-{seed}"
+            folder.mkdir(parents=True)
+            scores = [mean + 0.1 * k + 0.01 * seed for k in range(4)]
+            study_table(scores, sampler=sampler, seed=seed).to_parquet(folder / "trials.parquet")
+    out = tmp_path / "cmp"
+    assert main(["compare", "--collect", str(runs), "--out", str(out)]) == 0
+    assert "collected 6" in capsys.readouterr().out
+    table = pd.read_parquet(out / TABLE)
+    assert len(table) == 24 and sorted(table["method"].unique()) == ["anneal", "random"]
+    first = (out / "report.md").read_text()
+    assert "Highest median final best: **anneal**" in first
+    (out / "report.md").unlink()
+    assert main(["compare", "--report-only", str(out)]) == 0
+    assert (out / "report.md").read_text() == first
+
+
+@pytest.mark.slow
+def test_end_to_end_compare_two_samplers_two_seeds_through_the_runner(
+    plugin_path, tmp_path, capsys
+):
+    out = tmp_path / "cmp"
+    argv = [
+        "compare",
+        str(plugin_path),
+        "--samplers",
+        "tpe,uniform",
+        "--seeds",
+        "2",
+        "--trials",
+        "3",
+        "--out",
+        str(out),
+        "--no-tracking",
+    ]
+    assert main(argv) == 0
+    assert "ran 4, skipped 0" in capsys.readouterr().out
+
+    table = pd.read_parquet(out / TABLE)
+    assert len(table) == 2 * 2 * 3
+    assert table.groupby(["method", "seed"]).size().to_dict() == {
+        ("tpe", 0): 3,
+        ("tpe", 1): 3,
+        ("uniform", 0): 3,
+        ("uniform", 1): 3,
+    }
+    assert (table["state"] == "COMPLETE").all()
+    dense = table[table["trial_number"] == 1]
+    assert (dense[["ratio.down", "ratio.mid", "ratio.up"]] == 0.0).all().all()
+    # Same prompts and noise everywhere: the dense model scores the same in every study.
+    assert dense["score"].nunique() == 1
+    uniform = table[(table["method"] == "uniform") & (table["trial_number"] > 1)]
+    assert (uniform["ratio.down"] == uniform["ratio.up"]).all()
+    assert (table["n_images"] == 2).all() and (table["cum_images"].max() == 6)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["samplers"] == ["tpe", "uniform"] and manifest["seeds"] == [0, 1]
+    report = (out / "report.md").read_text()
+    assert "- methods: `tpe`, `uniform`" in report and "![ratio landscape]" in report
+    assert (out / "figures" / "best_vs_images.png").stat().st_size > 1000
+
+    # Running it again finds every study complete and only rewrites the report.
+    again = run_comparison(_same_plan(plugin_path, out), out)
+    assert again.ran == () and len(again.skipped) == 4
+    assert (out / "report.md").read_text() == report
+
+
+def _same_plan(experiment, out):
+    return plan_comparison(
+        str(experiment),
+        samplers=["tpe", "uniform"],
+        seeds=[0, 1],
+        trials=3,
+        out_dir=out,
+        overrides={"tracking.enabled": False},
+    )
