@@ -90,6 +90,8 @@ def plugin_path(tiny_experiment, monkeypatch):
         (["--prompts", "0"], "--prompts must be >= 1"),
         (["--collect", "/nonexistent/folder", "--out", "x"], "neither a trial table"),
         (["--report-only", "/nonexistent/folder"], "no comparison.parquet"),
+        (["--set", "resources.cpu"], "expected KEY=VALUE"),
+        (["--set", "bogus.key=1"], "unknown section 'bogus'"),
     ],
 )
 def test_bad_input_exits_2_before_ray_starts(argv, message, capsys):

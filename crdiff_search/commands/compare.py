@@ -73,6 +73,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--steps", type=int, default=None, help="override the sampling steps")
     parser.add_argument("--concurrency", type=int, default=None, help="trials at once per study")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any experiment override by dotted path, e.g. resources.cpu=2 "
+        "(repeatable; VALUE read as TOML, else as a string)",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -85,6 +93,24 @@ def _positive(name: str, value: int | None) -> None:
 
     if value is not None and value < 1:
         raise UsageError(f"--{name} must be >= 1, got {value}")
+
+
+def _parse_set(items: list[str]) -> dict[str, object]:
+    import tomllib
+
+    from crdiff_search.errors import UsageError
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. resources.cpu=2")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -122,6 +148,7 @@ def _compare(args: argparse.Namespace) -> int:
         }
         if args.no_tracking:
             overrides["tracking.enabled"] = False
+        overrides.update(_parse_set(args.set))
         trials = args.trials
         if trials is None:
             trials = load_experiment(args.experiment, **overrides).search.trials
