@@ -1,0 +1,90 @@
+"""``crdiff search [EXPERIMENT]``: run one pruning-ratio study on Ray Tune."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "search",
+        help="search the pruning ratios of one model at one resolution",
+        description=(
+            "Run a study: Ray Tune trials, each pruning the model with a candidate set of "
+            "per-group ratios and scoring a fixed prompt batch. Without EXPERIMENT, the "
+            "testbed study runs."
+        ),
+    )
+    parser.add_argument(
+        "experiment",
+        nargs="?",
+        default=None,
+        help="experiment TOML file (default: the embedded testbed study)",
+    )
+    parser.add_argument("--sampler", default=None, help="sampler name (overrides the file)")
+    parser.add_argument("--trials", type=int, default=None, help="budget, the dense trial included")
+    parser.add_argument("--seed", type=int, default=None, help="sampler and prompt-set seed")
+    parser.add_argument("--concurrency", type=int, default=None, help="trials running at once")
+    parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start a local Ray)"
+    )
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///./mlflow.db)"
+    )
+    parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/<study>)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the study in --out whose driver stopped"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="validate and print the study plan; start nothing"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.set_defaults(func=_search)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from crdiff_search.config import load_experiment
+    from crdiff_search.errors import UsageError
+
+    for flag in ("trials", "concurrency"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} must be >= 1, got {value}")
+    overrides = {
+        "sampler": args.sampler,
+        "trials": args.trials,
+        "seed": args.seed,
+        "concurrency": args.concurrency,
+        "tracking_uri": args.tracking_uri,
+        "out": args.out,
+    }
+    if args.no_tracking:
+        overrides["tracking.enabled"] = False
+    config = load_experiment(args.experiment, **overrides)
+
+    from crdiff_search.runner import prepare, run_study
+
+    _, summary = prepare(config)
+    if args.dry_run:
+        print(json.dumps(summary, indent=2))
+        return 0
+    result = run_study(
+        config,
+        out_dir=config.output_dir,
+        resume=args.resume,
+        address=args.address,
+        progress=not args.quiet,
+    )
+    ratios = " ".join(f"{g}={r:.3f}" for g, r in result.best_ratios.items())
+    print(
+        f"study {config.study}: {result.n_trials} trials {result.states}; dense "
+        f"{result.dense_score:.4f}, best {result.best_score:.4f} "
+        f"({result.best_score - result.dense_score:+.4f}) at {ratios}\n"
+        f"table: {result.table_path}",
+        file=sys.stdout,
+    )
+    failed = result.states.get("FAILED", 0)
+    return 0 if failed < result.n_trials else 1

@@ -1,0 +1,259 @@
+"""The driver's record of a study: ``DIR/trials.parquet`` (one row per trial, rewritten as
+trials start and finish) and the live progress line in the terminal."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from ray import tune
+
+METRIC_COLUMNS = (
+    "score",
+    "score_delta",
+    "sparsity",
+    "n_images",
+    "t_prune",
+    "t_generate",
+    "t_score",
+    "t_total",
+)
+EXTRA_COLUMNS = ("t_restore", "t_load", "chunk", "worker_pid", "worker_loads", "attempts")
+STATES = ("COMPLETE", "FAILED", "PRUNED", "RUNNING")
+
+
+def table_columns(groups: Sequence[str]) -> list[str]:
+    return [
+        "trial_id",
+        "trial_index",
+        "state",
+        *[f"ratio.{g}" for g in groups],
+        *METRIC_COLUMNS,
+        "error",
+        "sampler",
+        "seed",
+        "started_at",
+        "finished_at",
+        *EXTRA_COLUMNS,
+    ]
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_parquet(path)
+
+
+def trial_index(trial) -> int:
+    """0-based creation order (Tune's experiment tag starts with the 1-based counter)."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) - 1 if head.isdigit() else -1
+
+
+def error_line(trial) -> str:
+    """The exception line of a failed trial (``ValueError: ...``), from Tune's error file."""
+    text = ""
+    try:
+        err = trial.get_error()
+        text = str(err) if err is not None else ""
+    except Exception:
+        pass
+    if not text and getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
+        text = Path(trial.error_file).read_text(errors="replace")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if ":" in line and not line.startswith(("File ", "^")):
+            return line[:2000]
+    return (lines[-1] if lines else "unknown error")[:2000]
+
+
+class TrialTable(tune.Callback):
+    """Keeps ``trials.parquet`` current; optionally prints progress and marks failed trials in
+    MLflow (completed trials are logged by the workers themselves)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        groups: Sequence[str],
+        sampler: str,
+        seed: int,
+        n_chunks: int,
+        budget: int,
+        mode: str = "max",
+        progress: bool = True,
+        tracking: Mapping[str, str] | None = None,
+    ):
+        self.path = Path(path)
+        self.groups = list(groups)
+        self.sampler = sampler
+        self.seed = seed
+        self.n_chunks = n_chunks
+        self.budget = budget
+        self.mode = mode
+        self.progress = progress
+        self.tracking = dict(tracking) if tracking else None
+        self.rows: dict[str, dict[str, Any]] = {}
+        self._tracker = None
+
+    # ---- state
+    def setup(self, **info) -> None:
+        self.rows = {}
+        if self.path.is_file():
+            for row in read_table(self.path).to_dict("records"):
+                self.rows[str(row["trial_id"])] = row
+
+    def _row(self, trial) -> dict[str, Any]:
+        row = self.rows.get(trial.trial_id)
+        if row is None:
+            row = dict.fromkeys(table_columns(self.groups))
+            row.update(
+                trial_id=trial.trial_id,
+                trial_index=trial_index(trial),
+                state="RUNNING",
+                sampler=self.sampler,
+                seed=self.seed,
+                attempts=0,
+                error="",
+            )
+            for g in self.groups:
+                row[f"ratio.{g}"] = float(trial.config.get(g, 0.0))
+            self.rows[trial.trial_id] = row
+        return row
+
+    def _fill(self, row: dict, result: Mapping[str, Any] | None) -> None:
+        if not result:
+            return
+        for key in (*METRIC_COLUMNS, *EXTRA_COLUMNS):
+            if key in result and key != "attempts":
+                row[key] = result[key]
+        for key in ("started_at", "finished_at"):
+            if isinstance(result.get(key), int | float):
+                row[key] = pd.Timestamp(result[key], unit="s", tz="UTC")
+
+    def write(self) -> None:
+        cols = table_columns(self.groups)
+        frame = pd.DataFrame(
+            [{c: r.get(c) for c in cols} for r in self.rows.values()], columns=cols
+        )
+        frame = frame.sort_values("trial_index", kind="stable").reset_index(drop=True)
+        for c in ("started_at", "finished_at"):
+            frame[c] = pd.to_datetime(frame[c], utc=True)
+        for c in (*METRIC_COLUMNS, "t_restore", "t_load", *[f"ratio.{g}" for g in self.groups]):
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
+        for c in ("trial_index", "seed", "attempts"):
+            frame[c] = frame[c].astype("int64")
+        for c in ("chunk", "worker_pid", "worker_loads"):
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
+        for c in ("trial_id", "state", "error", "sampler"):
+            frame[c] = frame[c].fillna("").astype(str)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, self.path)
+
+    # ---- Tune hooks
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        row = self._row(trial)
+        row["state"] = "RUNNING"
+        row["attempts"] = int(row.get("attempts") or 0) + 1
+        if row.get("started_at") is None or pd.isna(row.get("started_at")):
+            row["started_at"] = pd.Timestamp(time.time(), unit="s", tz="UTC")
+        self.write()
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        row = self._row(trial)
+        row["error"] = error_line(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._fill(self._row(trial), result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        row = self._row(trial)
+        result = trial.last_result or {}
+        self._fill(row, result)
+        row["state"] = "COMPLETE" if result.get("chunk") == self.n_chunks else "PRUNED"
+        row["error"] = ""
+        self.write()
+        self._report(row)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        row = self._row(trial)
+        self._fill(row, trial.last_result)
+        row["state"] = "FAILED"
+        row["error"] = error_line(trial)
+        if row.get("finished_at") is None or pd.isna(row.get("finished_at")):
+            row["finished_at"] = pd.Timestamp(time.time(), unit="s", tz="UTC")
+        self.write()
+        self._track_failure(trial, row)
+        self._report(row)
+
+    # ---- summaries
+    def best(self) -> dict[str, Any] | None:
+        done = [r for r in self.rows.values() if r["state"] == "COMPLETE" and _finite(r["score"])]
+        if not done:
+            return None
+        sign = 1.0 if self.mode == "max" else -1.0
+        return max(done, key=lambda r: (sign * float(r["score"]), -int(r["trial_index"])))
+
+    def _report(self, row: Mapping[str, Any]) -> None:
+        if not self.progress:
+            return
+        finished = sum(r["state"] in ("COMPLETE", "FAILED", "PRUNED") for r in self.rows.values())
+        if row["state"] == "FAILED":
+            line = f"trial {row['trial_index']} FAILED: {row['error']}"
+        else:
+            line = (
+                f"trial {row['trial_index']} {row['state'].lower()} "
+                f"score {_fmt(row['score'])} ({_fmt(row['score_delta'], sign=True)} vs dense)"
+            )
+        best = self.best()
+        if best is not None:
+            ratios = " ".join(f"{g}={float(best[f'ratio.{g}']):.3f}" for g in self.groups)
+            line += (
+                f" | best {_fmt(best['score'])} ({_fmt(best['score_delta'], sign=True)}) "
+                f"trial {best['trial_index']}: {ratios}"
+            )
+        print(f"[{finished}/{self.budget}] {line}", file=sys.stderr, flush=True)
+
+    def _track_failure(self, trial, row: Mapping[str, Any]) -> None:
+        if not self.tracking:
+            return
+        try:
+            from crdiff_search.tracking import StudyTracker
+
+            if self._tracker is None:
+                self._tracker = StudyTracker(self.tracking["uri"], self.tracking["experiment"])
+            self._tracker.log_trial(
+                self.tracking["parent_run_id"],
+                trial.trial_id,
+                params={f"ratio.{g}": row[f"ratio.{g}"] for g in self.groups},
+                state="FAILED",
+                error=row["error"],
+            )
+        except Exception as exc:  # the table row is the record that matters
+            print(
+                f"warning: MLflow logging of failed trial {trial.trial_id}: {exc}", file=sys.stderr
+            )
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_tracker"] = None
+        return state
+
+
+def _finite(x: Any) -> bool:
+    try:
+        return math.isfinite(float(x))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fmt(x: Any, sign: bool = False) -> str:
+    if not _finite(x):
+        return "n/a"
+    return f"{float(x):+.4f}" if sign else f"{float(x):.4f}"

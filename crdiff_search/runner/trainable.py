@@ -1,0 +1,254 @@
+"""The Ray Tune trainable: one candidate ratio set per trial, on a worker that stays loaded.
+
+A trial applies its ratios to the cached pipeline's denoiser in place, generates the study's
+prompts (fixed seeds, one chunk per ``step``), scores them and restores the dense weights. The
+actor is reused for the next trial through :meth:`PruningTrainable.reset_config`, so nothing is
+loaded twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from ray import tune
+
+from crdiff_search.runner import worker
+
+log = logging.getLogger(__name__)
+
+TIMINGS = ("t_prune", "t_generate", "t_score", "t_restore")
+CHECKPOINT_FILE = "trial_state.json"
+
+
+def ratios_of(config: Mapping[str, Any], groups) -> dict[str, float]:
+    return {g: float(config.get(g, 0.0)) for g in groups}
+
+
+def same_ratios(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
+    return set(a) == set(b) and all(math.isclose(a[g], b[g], abs_tol=1e-12) for g in a)
+
+
+class PruningTrainable(tune.Trainable):
+    """Scores one ``{group: ratio}`` candidate per trial; see the module docstring."""
+
+    def setup(self, config: dict, settings: dict | None = None) -> None:
+        # Loading happens in the first step, not here: Tune hands a trial whose actor is still
+        # starting to any actor that frees up and discards the starting one, so a slow setup
+        # would keep the study at one live worker whenever loading outlasts a trial.
+        self._settings = settings
+        self._state = None
+        self._t_load = 0.0
+        self._tracker = None
+        self._begin(config)
+
+    def _ensure_loaded(self) -> None:
+        if self._state is not None:
+            return
+        t0 = time.perf_counter()
+        self._state, loaded = worker.worker_state(self._settings)
+        if loaded and not self._is_dense():
+            # This worker's dense baseline, measured with its load rather than inside the
+            # trial's time (the dense trial itself fills it in where it runs).
+            self._state.ensure_dense(self._settings)
+        self._t_load = time.perf_counter() - t0 if loaded else 0.0
+        self._started_at = time.time()
+
+    def _is_dense(self) -> bool:
+        return all(r == 0.0 for r in self._ratios.values())
+
+    # ---- trial life cycle
+    def _begin(self, config: Mapping[str, Any]) -> None:
+        groups = self._settings["groups"]
+        self._ratios = ratios_of(config, groups)
+        self._chunk = 0
+        self._scores: dict[str, list[float]] = {}
+        self._timings = dict.fromkeys(TIMINGS, 0.0)
+        self._applied = False
+        self._images: list = []
+        self._started_at = time.time()
+        self._replay = None
+        done = self._settings.get("completed", {}).get(self.trial_id)
+        if done is not None and same_ratios(done["ratios"], self._ratios):
+            self._replay = done["metrics"]
+
+    def _restore_weights(self) -> None:
+        if self._applied:
+            t0 = time.perf_counter()
+            self._state.pruner.restore_()
+            self._timings["t_restore"] += time.perf_counter() - t0
+            self._applied = False
+
+    def reset_config(self, new_config: dict) -> bool:
+        self._restore_weights()
+        self._t_load = 0.0
+        self._begin(new_config)
+        return True
+
+    def cleanup(self) -> None:
+        try:
+            self._restore_weights()
+        except Exception:  # the process may be going away anyway
+            log.exception("restoring dense weights failed")
+
+    # ---- retries resume a trial from its last reported chunk
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        state = {
+            "chunk": self._chunk,
+            "scores": self._scores,
+            "ratios": self._ratios,
+            "started_at": self._started_at,
+            "timings": self._timings,
+        }
+        with open(os.path.join(checkpoint_dir, CHECKPOINT_FILE), "w") as f:
+            json.dump(state, f)
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        with open(os.path.join(checkpoint_dir, CHECKPOINT_FILE)) as f:
+            state = json.load(f)
+        if same_ratios(state["ratios"], self._ratios):
+            self._chunk = int(state["chunk"])
+            self._scores = {k: list(v) for k, v in state["scores"].items()}
+            self._started_at = float(state["started_at"])
+            self._timings.update(state["timings"])
+
+    # ---- one prompt chunk per step
+    def step(self) -> dict:
+        if self._replay is not None:
+            # Completed before the driver stopped: report the recorded result, never re-run.
+            return {**self._replay, "replayed": True, "done": True}
+        try:
+            self._ensure_loaded()
+            return self._step()
+        except Exception:
+            self._restore_weights()
+            _free_accelerator_memory()
+            raise
+
+    def _step(self) -> dict:
+        settings, state = self._settings, self._state
+        chunks = settings["chunks"]
+        is_dense = self._is_dense()
+        if self._chunk == 0 and not is_dense and state.dense_scores is None:
+            state.ensure_dense(settings)  # baseline of this worker, before any masks go in
+        if not self._applied and not is_dense:
+            t0 = time.perf_counter()
+            state.pruner.apply_(self._ratios)
+            self._timings["t_prune"] += time.perf_counter() - t0
+            self._applied = True
+        start, stop = chunks[self._chunk]
+        t0 = time.perf_counter()
+        images = state.generate(settings, start, stop)
+        t1 = time.perf_counter()
+        parts = state.score(images, settings["prompts"][start:stop])
+        t2 = time.perf_counter()
+        self._timings["t_generate"] += t1 - t0
+        self._timings["t_score"] += t2 - t1
+        for name, values in parts.items():
+            self._scores.setdefault(name, []).extend(float(v) for v in values)
+        if len(self._images) < 8:
+            self._images.extend(images[: 8 - len(self._images)])
+        self._chunk += 1
+        done = self._chunk == len(chunks)
+        n = stop
+        cumulative = {k: np.asarray(v) for k, v in self._scores.items()}
+        score = state.combine(cumulative)
+        sparsity, per_group = state.sparsity() if self._applied else (0.0, {})
+        if done:
+            self._restore_weights()
+        if is_dense and done and state.dense_scores is None:
+            state.dense_scores = cumulative
+        dense = state.dense_scores
+        if is_dense:
+            delta = 0.0
+        elif dense is not None:
+            delta = score - state.combine({k: v[:n] for k, v in dense.items()})
+        else:
+            delta = float("nan")
+        metrics: dict[str, Any] = {
+            "score": float(score),
+            "score_delta": float(delta),
+            "sparsity": float(sparsity),
+            "n_images": int(n),
+            "chunk": self._chunk,
+            "n_chunks": len(chunks),
+            **{f"ratio.{g}": r for g, r in self._ratios.items()},
+            **{f"sparsity.{g}": v for g, v in per_group.items()},
+            **self._timings,
+            "t_load": self._t_load,
+            "started_at": self._started_at,
+            "finished_at": time.time(),
+            **worker.process_info(),
+            "done": done,
+        }
+        if len(self._state.objectives) > 1:
+            for name, _, obj in state.objectives:
+                metrics[f"score.{name}"] = float(obj.aggregate(cumulative[name]))
+        if done:
+            metrics["t_total"] = metrics["finished_at"] - self._started_at
+            self._track(metrics, is_dense)
+        return metrics
+
+    # ---- MLflow child run (from the worker, so that it can carry images)
+    def _track(self, metrics: dict, is_dense: bool) -> None:
+        tracking = self._settings.get("tracking")
+        if not tracking:
+            return
+        try:
+            from crdiff_search.tracking import StudyTracker
+
+            if self._tracker is None:
+                self._tracker = StudyTracker(tracking["uri"], tracking["experiment"])
+            state = self._state
+            improved = state.best_local is None or _better(
+                metrics["score"], state.best_local, self._settings["mode"]
+            )
+            if improved:
+                state.best_local = metrics["score"]
+            timings = {k[2:]: metrics[k] for k in (*TIMINGS, "t_load", "t_total")}
+            keep = ("score", "score_delta", "sparsity", "n_images")
+            run_metrics = {k: metrics[k] for k in keep}
+            run_metrics.update(
+                {k: v for k, v in metrics.items() if k.startswith(("sparsity.", "score."))}
+            )
+            captions = self._settings["prompts"][: len(self._images)]
+            self._tracker.log_trial(
+                tracking["parent_run_id"],
+                self.trial_id,
+                params={f"ratio.{g}": r for g, r in self._ratios.items()},
+                metrics=run_metrics,
+                timings=timings,
+                images=self._images if (improved or is_dense) else None,
+                captions=captions,
+                state="COMPLETE",
+            )
+            if is_dense:
+                self._tracker.log_dense_baseline(
+                    tracking["parent_run_id"], {"score": metrics["score"]}, self._images, captions
+                )
+        except Exception:
+            # Tracking must not cost a trial its result; the driver's table still records it.
+            log.warning(
+                "MLflow logging of trial %s failed:\n%s", self.trial_id, traceback.format_exc()
+            )
+
+
+def _better(a: float, b: float, mode: str) -> bool:
+    return a > b if mode == "max" else a < b
+
+
+def _free_accelerator_memory() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
