@@ -31,9 +31,9 @@ from crdiff_search.samplers._strategies import (
 
 # Defaults chosen with benchmarks/samplers.py (see the README section "Samplers").
 DEFAULT_INITIAL_TEMPERATURE = 0.5  # in units of the spread of the scores (relative Metropolis)
-DEFAULT_COOLING = GeometricCooling(0.95)
+DEFAULT_COOLING = GeometricCooling(0.97)
 DEFAULT_NEIGHBOR = SomeCoordinates(0.5)
-DEFAULT_STEP = RangeFractionStep(initial=0.25, minimum=0.02)
+DEFAULT_STEP = RangeFractionStep(initial=0.4, minimum=0.02)
 DEFAULT_ACCEPTANCE = Metropolis(relative=True)
 DEFAULT_START = StartAtCenter()
 DEFAULT_PATIENCE = 12
