@@ -25,7 +25,14 @@ import pandas as pd
 from analysis import plots
 from analysis.curves import AXES, curve_bands
 from analysis.early_stopping import early_stopping_summary, has_early_stopping
-from analysis.stats import final_best, rank_tests, summary_table, trials_to_reach
+from analysis.stats import (
+    final_best,
+    identical_methods,
+    rank_tests,
+    smallest_p,
+    summary_table,
+    trials_to_reach,
+)
 from analysis.table import RATIO_PREFIX, methods_of, ratio_columns
 
 REPORT_MD = "report.md"
@@ -177,7 +184,7 @@ def _findings(
         return ["No study completed a trial."]
     lead = ranked.iloc[0]
     lines = [
-        f"Highest median final best: **{lead['method']}** ({fmt(lead['median'])}, IQR "
+        f"Best median final score: **{lead['method']}** ({fmt(lead['median'])}, IQR "
         f"{fmt(lead['q25'])} to {fmt(lead['q75'])}, {lead['seeds']} seeds)."
     ]
     if np.isfinite(kruskal.get("p", np.nan)):
@@ -214,6 +221,16 @@ def _findings(
                 f"p = {_p(row['p'])} (Holm {_p(row['p_holm'])})."
             )
     return lines
+
+
+def _resolution_note(pairs: pd.DataFrame) -> str:
+    """How small a p-value these seed counts can give at all (exact test, no ties)."""
+    n_a, n_b = int(pairs["n_a"].min()), int(pairs["n_b"].min())
+    floor = smallest_p(n_a, n_b)
+    return (
+        f" With {n_a} and {n_b} seeds the smallest attainable p of a pair is {floor:.4f}, "
+        f"{min(1.0, floor * len(pairs)):.4f} after Holm over {len(pairs)} pairs."
+    )
 
 
 def build_blocks(
@@ -260,7 +277,13 @@ def build_blocks(
     ]
     blocks: list[object] = [_Heading(title, 1), _Bullets(tuple(setup))]
 
-    blocks += [_Heading("Findings"), _Bullets(tuple(_findings(summary, kruskal, pairs, maximize)))]
+    findings = _findings(summary, kruskal, pairs, maximize)
+    findings += [
+        f"`{a}` and `{b}` proposed exactly the same ratios in every study (same seeds), so "
+        "their results are one measurement, not two."
+        for a, b in identical_methods(table)
+    ]
+    blocks += [_Heading("Findings"), _Bullets(tuple(findings))]
 
     shown = summary[
         [
@@ -329,7 +352,7 @@ def build_blocks(
                 "Two-sided Mann-Whitney U per pair on the final best; `shift`: Hodges-Lehmann "
                 "estimate of a - b; `p_a_better`: probability that a seed of a ends better "
                 "than one of b (ties half); `rank_biserial` = 2 * p_a_better - 1; `p_holm`: "
-                "Holm-adjusted over all pairs."
+                "Holm-adjusted over all pairs." + _resolution_note(pairs)
             ),
             _Table(pairs),
         ]

@@ -219,6 +219,30 @@ def rank_tests(
     return kruskal, pairs
 
 
+def smallest_p(n_a: int, n_b: int) -> float:
+    """The smallest two-sided p-value an exact Mann-Whitney U test of these sizes can give
+    (complete separation, no ties): how much certainty the number of seeds allows at best."""
+    return min(1.0, 2.0 / math.comb(n_a + n_b, n_a))
+
+
+def identical_methods(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """Pairs of methods that proposed exactly the same ratios, seed for seed and trial for trial
+    (for example TPE within its random start-up trials and the random sampler)."""
+    ratios = ratio_columns(table)
+    if not ratios:
+        return []
+    keyed = {
+        m: part.set_index(["seed", "trial_number"])[ratios].sort_index()
+        for m, part in table.groupby("method", sort=False)
+    }
+    same = []
+    for a, b in itertools.combinations(keyed, 2):
+        x, y = keyed[a], keyed[b]
+        if x.index.equals(y.index) and np.allclose(x.to_numpy(), y.to_numpy(), equal_nan=True):
+            same.append((a, b))
+    return same
+
+
 def summary_table(
     table: pd.DataFrame,
     *,

@@ -92,7 +92,7 @@ def test_report_writes_markdown_html_pngs_and_tables(table, tmp_path):
     text = report.markdown.read_text()
     assert text.startswith("# demo\n")
     assert "- resolution: 64x64" in text
-    assert "Highest median final best: **anneal**" in text
+    assert "Best median final score: **anneal**" in text
     assert "Block-wise vs uniform: the best block-wise method (anneal" in text and "beats" in text
     for name in ("best_vs_trial", "best_vs_images", "best_vs_wall", "final_best", "landscape"):
         path = report.figures[name]
@@ -142,3 +142,16 @@ def test_report_has_an_early_stopping_section_when_a_study_stopped_trials(tmp_pa
     assert [len(c.get_offsets()) for c in fig.axes[0].collections] == [2, 2]
     es = pd.read_csv(report.tables["early_stopping"])
     assert es["images_saved"].tolist() == pytest.approx([1 - 18 / 16])
+
+
+def test_report_states_the_attainable_certainty_and_flags_duplicate_methods(tmp_path):
+    ratios = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]
+    studies = {}
+    for seed in range(3):
+        for sampler in ("tpe", "random"):
+            studies[f"{sampler}-{seed}"] = study_table(
+                [0.0, 1.0 + seed], sampler=sampler, seed=seed, ratios=ratios
+            )
+    text = write_report(combine_studies(studies), tmp_path).markdown.read_text()
+    assert "With 3 and 3 seeds the smallest attainable p of a pair is 0.1000" in text
+    assert "`tpe` and `random` proposed exactly the same ratios" in text

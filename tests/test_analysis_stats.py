@@ -147,3 +147,29 @@ def test_early_stopping_summary_pairs_each_asha_arm_with_its_sampler():
     assert row["images_saved"] == pytest.approx(0.25)
     assert row["shift"] == 0.0 and row["p"] > 0.5
     assert row["pruned_share"] == pytest.approx(1 / 3)
+
+
+def test_smallest_attainable_p_matches_the_exact_test():
+    from scipy import stats
+
+    from analysis.stats import smallest_p
+
+    assert smallest_p(5, 5) == pytest.approx(2 / 252)
+    assert smallest_p(5, 5) == pytest.approx(
+        stats.mannwhitneyu(range(5), range(10, 15), method="exact").pvalue
+    )
+    assert smallest_p(1, 1) == 1.0
+
+
+def test_methods_that_proposed_the_same_ratios_are_found():
+    from analysis.stats import identical_methods
+
+    ratios = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]
+    table = combine_studies(
+        {
+            "a": study_table([1.0, 2.0], sampler="tpe", seed=0, ratios=ratios),
+            "b": study_table([1.0, 2.0], sampler="random", seed=0, ratios=ratios),
+            "c": study_table([1.0, 2.0], sampler="anneal", seed=0, ratios=[[0.1, 0.2, 0.3]] * 2),
+        }
+    )
+    assert identical_methods(table) == [("tpe", "random")]

@@ -176,7 +176,7 @@ def test_collect_and_report_only_rebuild_the_same_report(tmp_path, capsys):
     table = pd.read_parquet(out / TABLE)
     assert len(table) == 24 and sorted(table["method"].unique()) == ["anneal", "random"]
     first = (out / "report.md").read_text()
-    assert "Highest median final best: **anneal**" in first
+    assert "Best median final score: **anneal**" in first
     (out / "report.md").unlink()
     assert main(["compare", "--report-only", str(out)]) == 0
     assert (out / "report.md").read_text() == first
