@@ -66,7 +66,8 @@ def test_plan_two_studies(tmp_path):
         'sampler = "tpe"' in plans[1].study_toml and 'resolution = "32x64"' in plans[1].study_toml
     )
     assert plans[0].entrypoint.startswith("crdiff search ")
-    assert plans[0].entrypoint.endswith(f"--out {tmp_path / 'results' / 'tiny'}")
+    assert f"--out {tmp_path / 'results' / 'tiny'} " in plans[0].entrypoint
+    assert plans[0].entrypoint.endswith("--address auto")
     ids = [p.submission_id for p in plans]
     assert ids[0].startswith("crdiff-tiny-") and ids[1].startswith("crdiff-tiny-32x64-")
     # ids are a function of the resolved study: same grid -> same ids; a change -> a new id
@@ -85,7 +86,10 @@ def test_finished_table_counts_terminal_trials(tmp_path):
         {"trial_id": ["a", "b"], "state": ["COMPLETE", "RUNNING"], "score": [0.5, float("nan")]}
     )
     table.to_parquet(plan.out_dir / "trials.parquet")
-    assert plan.trials_done() == 1 and not plan.table_complete() and plan.has_state()
+    assert plan.trials_done() == 1 and not plan.table_complete() and not plan.has_state()
+    (plan.out_dir / "experiment.toml").write_text("")
+    (plan.out_dir / "ray" / plan.name).mkdir(parents=True)
+    assert plan.has_state()  # what `crdiff search --resume` needs
     table.loc[1, "state"] = "FAILED"
     table.to_parquet(plan.out_dir / "trials.parquet")
     assert plan.table_complete()
@@ -146,3 +150,23 @@ def test_dry_run_prints_jobs_and_submits_nothing(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.count("crdiff search ") == 2 and "[0/2 trials on disk]" in err
     assert not (tmp_path / "results").exists()
+
+
+def test_latest_attempt_picks_the_newest_resubmission():
+    from types import SimpleNamespace
+
+    from crdiff_search.commands.launch import latest_attempt
+
+    jobs = [
+        SimpleNamespace(submission_id=sid, status=st)
+        for sid, st in [
+            ("crdiff-a-1234", "FAILED"),
+            ("crdiff-a-1234-r3", "RUNNING"),
+            ("crdiff-a-1234-r2", "FAILED"),
+            ("crdiff-a-12345", "SUCCEEDED"),  # another study whose id extends this one
+            ("crdiff-a-1234-rx", "SUCCEEDED"),
+        ]
+    ]
+    attempt, job = latest_attempt("crdiff-a-1234", jobs)
+    assert attempt == 3 and job.status == "RUNNING"
+    assert latest_attempt("crdiff-b-1", jobs) == (0, None)

@@ -18,11 +18,11 @@ A grid file (TOML) lists studies, each an experiment file plus overrides::
 
 Every study is loaded and validated (``load_experiment``) before Ray is contacted; its fully
 resolved experiment is written to ``<out>/_launch/<study>.toml`` and the job runs
-``<command> search <that file> --out <out>/<study>``. The submission id is
+``<command> search <that file> --out <out>/<study> --address auto``. The submission id is
 ``crdiff-<study>-<hash of the resolved experiment>``, so launching the same grid again finds
 its jobs: SUCCEEDED ones (and studies whose ``trials.parquet`` already holds the whole budget)
-are skipped, running ones are followed, failed or stopped ones are submitted again with
-``--resume``.
+are skipped, running ones are followed, failed or stopped ones are submitted again (id
+suffix ``-r2``, ``-r3``, ...) with ``--resume`` when the earlier attempt left a study to resume.
 """
 
 from __future__ import annotations
@@ -191,7 +191,11 @@ class StudyPlan:
         return self.trials_done() >= self.trials
 
     def has_state(self) -> bool:
-        return self.out_dir.is_dir() and any(self.out_dir.iterdir())
+        """Whether an earlier attempt left a study to resume (``crdiff search --resume``
+        needs the stored experiment and Ray's results folder of the study)."""
+        return (self.out_dir / "experiment.toml").is_file() and (
+            self.out_dir / "ray" / self.name
+        ).is_dir()
 
     def best(self) -> tuple[float, int] | None:
         """(best score, completed trials) from ``trials.parquet``, or None."""
@@ -259,6 +263,9 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
                 shlex.quote(str(study_file)),
                 "--out",
                 shlex.quote(str(out_dir)),
+                # join the job's cluster (RAY_ADDRESS) instead of starting a Ray of its own
+                "--address",
+                "auto",
             ]
         )
         plans.append(
@@ -284,6 +291,7 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
 @dataclass
 class JobState:
     plan: StudyPlan
+    submission_id: str
     action: str  # submitted | resubmitted | attached | skipped
     status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED | DONE (table complete)
     message: str = ""
@@ -320,46 +328,65 @@ def submit_grid(
 ) -> list[JobState]:
     """Submit the studies that are not finished; follow the ones already running."""
     out = out or sys.stderr
-    existing = {}
-    for job in client.list_jobs():
-        if job.submission_id:
-            existing[job.submission_id] = job
+    jobs = [j for j in client.list_jobs() if j.submission_id]
     states: list[JobState] = []
     for plan in plans:
-        job = existing.get(plan.submission_id)
-        status = (
-            str(job.status.value if hasattr(job.status, "value") else job.status) if job else None
-        )
+        attempt, job = latest_attempt(plan.submission_id, jobs)
+        status = _status_name(job.status) if job else None
         if status == "SUCCEEDED":
-            states.append(JobState(plan, "skipped", "SUCCEEDED", "already succeeded", ended=0.0))
-            continue
-        if plan.table_complete():
             states.append(
                 JobState(
-                    plan, "skipped", "DONE", f"trials.parquet holds {plan.trials} trials", ended=0.0
+                    plan, job.submission_id, "skipped", "SUCCEEDED", "already succeeded", ended=0.0
                 )
             )
             continue
-        if status in ("PENDING", "RUNNING"):
-            states.append(JobState(plan, "attached", status))
+        if plan.table_complete():
+            message = f"trials.parquet holds {plan.trials} trials"
+            states.append(JobState(plan, plan.submission_id, "skipped", "DONE", message, ended=0.0))
             continue
-        action = "submitted"
-        if status in ("FAILED", "STOPPED"):
-            client.delete_job(plan.submission_id)
-            action = "resubmitted"
+        if status in ("PENDING", "RUNNING"):
+            states.append(JobState(plan, job.submission_id, "attached", status))
+            continue
+        # A failed or stopped study gets a new attempt id: Ray keeps the old job's logs, and a
+        # reused id could race with the old job's final status update.
+        submission_id = (
+            plan.submission_id if job is None else f"{plan.submission_id}-r{attempt + 1}"
+        )
+        action = "submitted" if job is None else "resubmitted"
         entrypoint = plan.entrypoint + (" --resume" if plan.has_state() else "")
         plan.study_file.parent.mkdir(parents=True, exist_ok=True)
         plan.study_file.write_text(plan.study_toml, encoding="utf-8")
         runtime_env = {"env_vars": dict(env)} if env else None
         client.submit_job(
             entrypoint=entrypoint,
-            submission_id=plan.submission_id,
+            submission_id=submission_id,
             runtime_env=runtime_env,
             metadata={"crdiff.study": plan.name, "crdiff.resolution": plan.resolution},
         )
-        print(f"launch: {action} {plan.submission_id}: {entrypoint}", file=out)
-        states.append(JobState(plan, action, "PENDING"))
+        print(f"launch: {action} {submission_id}: {entrypoint}", file=out)
+        states.append(JobState(plan, submission_id, action, "PENDING"))
     return states
+
+
+def _status_name(status) -> str:
+    return str(getattr(status, "value", status))
+
+
+def latest_attempt(base_id: str, jobs) -> tuple[int, Any]:
+    """``(attempt, job)`` of the newest job for a study: ``base_id`` is attempt 1,
+    ``base_id-rN`` attempt N; ``(0, None)`` when the study was never submitted."""
+    best: tuple[int, Any] = (0, None)
+    for job in jobs:
+        sid = job.submission_id
+        if sid == base_id:
+            n = 1
+        elif sid.startswith(f"{base_id}-r") and sid[len(base_id) + 2 :].isdigit():
+            n = int(sid[len(base_id) + 2 :])
+        else:
+            continue
+        if n > best[0]:
+            best = (n, job)
+    return best
 
 
 def _status_line(states: list[JobState], elapsed: float) -> str:
@@ -385,12 +412,11 @@ def wait_for(client, states: list[JobState], *, poll_interval: float, out=None) 
         for s in states:
             if s.status in (*TERMINAL, "DONE"):
                 continue
-            status = client.get_job_status(s.plan.submission_id)
-            s.status = str(getattr(status, "value", status))
+            s.status = _status_name(client.get_job_status(s.submission_id))
             if s.status in TERMINAL:
                 s.ended = time.monotonic()
                 if s.status != "SUCCEEDED":
-                    info = client.get_job_info(s.plan.submission_id)
+                    info = client.get_job_info(s.submission_id)
                     lines = (info.message or "").strip().splitlines()
                     s.message = lines[-1] if lines else ""
         line = _status_line(states, time.monotonic() - start)
@@ -417,7 +443,7 @@ def summary_table(states: list[JobState]) -> str:
             (
                 s.plan.name,
                 s.plan.resolution,
-                s.plan.submission_id,
+                s.submission_id,
                 s.action,
                 s.status,
                 took,
