@@ -113,3 +113,31 @@ def test_missing_inception_weights_say_how_to_provide_them(tmp_path, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(MissingWeightsError, match="weights-inception-2015-12-05.*CRDIFF_INCEPTION"):
         inception_extractor()
+
+
+def test_inception_extractor_loads_a_weights_file_safely(tmp_path, monkeypatch):
+    """The default extractor: torchmetrics' InceptionV3, its file loaded with weights_only."""
+    from unittest import mock
+
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with (
+        mock.patch.object(nn.Module, "load_state_dict", lambda self, state, **kw: None),
+        mock.patch.object(torch, "load", lambda *a, **k: {}),
+    ):
+        random_net = NoTrainInceptionV3("inception-v3-compat", ["2048"], "unused")
+    path = tmp_path / "weights-inception-2015-12-05-6726825d.pth"
+    torch.save(random_net.state_dict(), path)
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
+    net = inception_extractor(path)
+    assert [k.get("weights_only") for k in loads] == [True]
+    monkeypatch.setattr(torch, "load", real_load)
+    feats = net(torch.randint(0, 256, (2, 3, 40, 56), dtype=torch.uint8))
+    feats = feats[0] if isinstance(feats, tuple) else feats
+    assert feats.shape == (2, 2048)
+    torch.testing.assert_close(
+        net.state_dict()["Conv2d_1a_3x3.conv.weight"],
+        random_net.state_dict()["Conv2d_1a_3x3.conv.weight"],
+    )
