@@ -21,67 +21,14 @@ dense and the pruned pipeline bit for bit.
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
 from crdiff_search.errors import UsageError
+from crdiff_search.recipe import PoaWindow, check_weight
 
 DEFAULT_NUM_TRAIN_TIMESTEPS = 1000
-
-
-@dataclass(frozen=True)
-class PoaWindow:
-    """Where POA applies, as diffusion time normalised to [0, 1] (``timestep / T``, T = the
-    scheduler's ``num_train_timesteps``): 1 is pure noise, 0 the clean image.
-
-    Outside the window the step uses the pruned network alone (as ``w = 1``).
-    ``PoaWindow(0.5, 1.0)`` amplifies only the first, noisiest half of sampling.
-    """
-
-    lo: float = 0.0
-    hi: float = 1.0
-
-    def __post_init__(self):
-        for name, value in (("lo", self.lo), ("hi", self.hi)):
-            if (
-                not isinstance(value, int | float)
-                or not math.isfinite(value)
-                or not 0 <= value <= 1
-            ):
-                raise UsageError(f"POA window {name}={value!r} must be a number in [0, 1]")
-        if self.lo > self.hi:
-            raise UsageError(f"POA window ({self.lo}, {self.hi}) is empty: lo must be <= hi")
-
-    def contains(self, t: float) -> bool:
-        return self.lo <= t <= self.hi
-
-    @classmethod
-    def parse(cls, value) -> PoaWindow | None:
-        """``None``, ``(lo, hi)``, ``[lo, hi]``, ``"lo,hi"`` or a ``PoaWindow``."""
-        if value is None or isinstance(value, PoaWindow):
-            return value
-        parts = value.split(",") if isinstance(value, str) else list(value)
-        if len(parts) != 2:
-            raise UsageError(f"POA window {value!r} must be two numbers 'lo,hi' in [0, 1]")
-        try:
-            lo, hi = (float(p) for p in parts)
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"POA window {value!r} must be two numbers 'lo,hi' in [0, 1]"
-            ) from None
-        return cls(lo, hi)
-
-    def to_list(self) -> list[float]:
-        return [float(self.lo), float(self.hi)]
-
-
-def check_weight(w) -> float:
-    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
-        raise UsageError(f"POA weight w={w!r} must be a finite number (1.0 = no POA; paper: 1.5)")
-    return float(w)
 
 
 class PrunedOutputAmplifier:

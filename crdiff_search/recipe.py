@@ -61,6 +61,58 @@ def format_resolution(width: int, height: int) -> str:
 
 
 @dataclass(frozen=True)
+class PoaWindow:
+    """Where POA applies, as diffusion time normalised to [0, 1] (``timestep / T``, T = the
+    scheduler's ``num_train_timesteps``): 1 is pure noise, 0 the clean image.
+
+    Outside the window the step uses the pruned network alone (as ``w = 1``).
+    ``PoaWindow(0.5, 1.0)`` amplifies only the first, noisiest half of sampling.
+    """
+
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def __post_init__(self):
+        for name, value in (("lo", self.lo), ("hi", self.hi)):
+            if (
+                not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or not 0 <= value <= 1
+            ):
+                raise UsageError(f"POA window {name}={value!r} must be a number in [0, 1]")
+        if self.lo > self.hi:
+            raise UsageError(f"POA window ({self.lo}, {self.hi}) is empty: lo must be <= hi")
+
+    def contains(self, t: float) -> bool:
+        return self.lo <= t <= self.hi
+
+    @classmethod
+    def parse(cls, value) -> PoaWindow | None:
+        """``None``, ``(lo, hi)``, ``[lo, hi]``, ``"lo,hi"`` or a ``PoaWindow``."""
+        if value is None or isinstance(value, PoaWindow):
+            return value
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        if len(parts) != 2:
+            raise UsageError(f"POA window {value!r} must be two numbers 'lo,hi' in [0, 1]")
+        try:
+            lo, hi = (float(p) for p in parts)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"POA window {value!r} must be two numbers 'lo,hi' in [0, 1]"
+            ) from None
+        return cls(lo, hi)
+
+    def to_list(self) -> list[float]:
+        return [float(self.lo), float(self.hi)]
+
+
+def check_weight(w) -> float:
+    if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+        raise UsageError(f"POA weight w={w!r} must be a finite number (1.0 = no POA; paper: 1.5)")
+    return float(w)
+
+
+@dataclass(frozen=True)
 class PartitionSpec:
     """How to rebuild the partition: the arguments of ``search_spaces.build_partition``."""
 
@@ -120,7 +172,7 @@ class Recipe:
     ``scores`` holds the objective's values on the held-out prompts, at least ``"dense"`` and
     ``"recipe"`` (this recipe's score) when it comes from a re-ranking. ``poa_window`` is
     ``None`` (every step) or ``(lo, hi)`` in normalised diffusion time (see
-    :class:`crdiff_search.poa.PoaWindow`).
+    :class:`PoaWindow`).
     """
 
     model: str
@@ -178,8 +230,6 @@ class Recipe:
             raise RecipeError(f"recipe poa_w {self.poa_w!r} must be a finite number (1.0 = no POA)")
         object.__setattr__(self, "poa_w", float(self.poa_w))
         if self.poa_window is not None:
-            from crdiff_search.poa import PoaWindow
-
             try:
                 window = PoaWindow.parse(self.poa_window)
             except UsageError as exc:

@@ -1,0 +1,102 @@
+"""Apply a recipe to a loaded pipeline: pruning plus POA, undone exactly on exit.
+
+Example::
+
+    from crdiff_search import apply_recipe
+    recipe = Registry().get("testbed", (64, 64))
+    with apply_recipe(pipe, recipe):
+        images = pipe(prompt=["two red circles"], width=64, height=64).images
+    # here ``pipe`` is the dense pipeline again, bit for bit
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from crdiff_search.errors import UsageError
+from crdiff_search.poa import PrunedOutputAmplifier, check_weight, num_train_timesteps_of
+from crdiff_search.recipe import Recipe
+
+
+@dataclass
+class AppliedRecipe:
+    """What :func:`apply_recipe` yields: the recipe, the pruner and the amplifier in effect
+    (``None`` when the effective weight is 1.0, i.e. plain pruning)."""
+
+    recipe: Recipe
+    pruner: object
+    amplifier: PrunedOutputAmplifier | None
+    w: float
+
+
+def make_pruner(denoiser, recipe: Recipe):
+    """A ``Pruner`` over the recipe's partition (no per-model sort cache: generation prunes once)."""
+    from crdiff_search.pruning import Pruner
+    from search_spaces import build_partition
+
+    spec = recipe.partition
+    partition = build_partition(
+        denoiser,
+        spec.granularity,
+        include=list(spec.include) if spec.include is not None else None,
+        n_groups=spec.n_groups,
+    )
+    missing = sorted(set(recipe.ratios) - set(partition.groups))
+    if missing:
+        raise UsageError(
+            f"recipe groups {missing} are not in the {spec.granularity!r} partition of "
+            f"{type(denoiser).__name__} (groups: {', '.join(partition.groups)}): the recipe was made "
+            "for another architecture"
+        )
+    return Pruner(denoiser, partition, criterion=recipe.criterion, cache="none")
+
+
+def dense_tensors_of(pruner, ratios: Mapping[str, float]) -> dict:
+    """The pruner's saved dense tensors for every group that ``ratios`` prune (shared, not copied)."""
+    groups = pruner.partition.groups
+    return {
+        name: pruner.dense_tensor(name)
+        for group, ratio in ratios.items()
+        if ratio > 0
+        for name in groups[group]
+    }
+
+
+@contextmanager
+def apply_recipe(
+    pipe, recipe: Recipe, *, poa_w: float | None = None, poa_window=None, pruner=None
+) -> Iterator[AppliedRecipe]:
+    """Prune ``pipe``'s denoiser by ``recipe`` and amplify with POA while the block runs.
+
+    ``poa_w`` and ``poa_window`` override the recipe's. A ``pruner`` built for this denoiser and
+    the recipe's partition may be passed to reuse it; otherwise one is made. On exit the
+    denoiser's weights and ``forward`` are the dense ones again, bit for bit.
+    """
+    from crdiff_search.models import denoiser_of
+
+    if not isinstance(recipe, Recipe):
+        raise UsageError(f"apply_recipe needs a Recipe, got {type(recipe).__name__}")
+    w = check_weight(recipe.poa_w if poa_w is None else poa_w)
+    window = recipe.poa_window if poa_window is None else poa_window
+    denoiser = denoiser_of(pipe)
+    pruner = pruner if pruner is not None else make_pruner(denoiser, recipe)
+    pruner.apply_(recipe.ratios)
+    try:
+        amplifier = None
+        if w != 1.0:
+            amplifier = PrunedOutputAmplifier(
+                denoiser,
+                dense_tensors_of(pruner, recipe.ratios),
+                w=w,
+                window=window,
+                num_train_timesteps=num_train_timesteps_of(pipe),
+            )
+        if amplifier is None:
+            yield AppliedRecipe(recipe, pruner, None, w)
+        else:
+            with amplifier:
+                yield AppliedRecipe(recipe, pruner, amplifier, w)
+    finally:
+        pruner.restore_()
