@@ -62,8 +62,15 @@ def assert_bit_equal(a, b):
         assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), k
 
 
-@pytest.mark.parametrize("cache", ["sorted", "none"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    ("dtype", "cache"),
+    [
+        (torch.float32, "sorted"),
+        (torch.float32, "none"),
+        (torch.float16, "sorted"),
+        (torch.bfloat16, "none"),
+    ],
+)
 def test_apply_equals_direct_kthvalue(unet, cache, dtype):
     unet.to(dtype)
     part = build_partition(unet, "paper")
