@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import socket
 import time
 from pathlib import Path
@@ -195,3 +196,13 @@ def test_uri_resolution_and_errors_name_the_uri(tmp_path, monkeypatch):
     with pytest.raises(TrackingError, match=f"tracking URI {uri}"):
         StudyTracker(uri, "crdiff-test")
     assert time.monotonic() - start < 30
+
+
+def test_mlflow_makes_no_network_calls_of_its_own():
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    from crdiff_search.tracking import MLFLOW_ENV_DEFAULTS
+
+    assert is_telemetry_disabled()
+    for key in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
+        assert key in MLFLOW_ENV_DEFAULTS and key in os.environ
