@@ -262,3 +262,21 @@ def test_cuda_matches_cpu(base_unet, dtype, cache):
     assert all(m.device.type == "cuda" for m in pruner.keep_masks(RATIOS_A).values())
     pruner.restore_()
     assert_bit_equal(state(gpu), dense)
+
+
+def test_keep_masks_after_apply_reuse_the_threshold(unet, monkeypatch):
+    """POA asks for the masks of the ratios it just applied: no second kthvalue."""
+    dense = state(unet)
+    calls = []
+    real = torch.kthvalue
+    monkeypatch.setattr(torch, "kthvalue", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with Pruner(unet, "paper", cache="none").pruned(RATIOS_A) as pruner:
+        assert len(calls) == 3
+        masks = pruner.keep_masks(RATIOS_A)
+        shared = {name: pruner.dense_tensor(name) for name in masks}
+        assert len(calls) == 3
+        params = dict(unet.named_parameters())
+        for name, mask in masks.items():
+            assert torch.equal(shared[name], dense[name])
+            assert torch.equal(params[name] != 0, mask)
+    assert_bit_equal(state(unet), dense)

@@ -104,6 +104,8 @@ class Pruner:
                 for pool in self._pools:
                     pool.sorted_scores = self._sorted_scores(pool)
         self._k = [0] * len(self._pools)
+        # last (k, threshold) per pool: keep_masks right after apply_ costs no kthvalue
+        self._last: list[tuple[int, torch.Tensor] | None] = [None] * len(self._pools)
         self._ratios = dict.fromkeys(self.groups, 0.0)
 
     # -- public API ---------------------------------------------------------------------------
@@ -133,7 +135,7 @@ class Pruner:
                     for name in pool.names:
                         self._params[name].data.copy_(self._dense[name])
                 else:
-                    threshold = self._threshold(pool, k)
+                    threshold = self._threshold(i, k)
                     for name in pool.names:
                         self.criterion.prune_into(
                             name, self._dense[name], threshold, self._params[name].data
@@ -176,11 +178,11 @@ class Pruner:
         ratios = validate_ratios(ratios, self.groups)
         masks: dict[str, torch.Tensor] = {}
         with torch.no_grad():
-            for pool in self._pools:
+            for i, pool in enumerate(self._pools):
                 k = int(pool.numel * ratios[pool.group])
                 if k == 0:
                     continue
-                threshold = self._threshold(pool, k)
+                threshold = self._threshold(i, k)
                 for name in pool.names:
                     masks[name] = self.criterion.keep_mask(name, self._dense[name], threshold)
         return masks
@@ -284,11 +286,17 @@ class Pruner:
         wide.numpy().sort(kind="quicksort")
         return buf.copy_(wide)
 
-    def _threshold(self, pool: _Pool, k: int) -> torch.Tensor:
-        """The k-th smallest score of the pool (1-based, like ``torch.kthvalue``)."""
+    def _threshold(self, index: int, k: int) -> torch.Tensor:
+        """The k-th smallest score of pool ``index`` (1-based, like ``torch.kthvalue``)."""
+        pool = self._pools[index]
         if pool.sorted_scores is not None:
             return pool.sorted_scores[k - 1]
-        return torch.kthvalue(self._scores(pool), k).values
+        last = self._last[index]
+        if last is not None and last[0] == k:
+            return last[1]
+        threshold = torch.kthvalue(self._scores(pool), k).values
+        self._last[index] = (k, threshold)
+        return threshold
 
     def _check_params(self) -> None:
         for name, p in self._params.items():
