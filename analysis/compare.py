@@ -248,6 +248,16 @@ def study_status(study: PlannedStudy) -> str:
     return "resume" if (out / RESULTS_FOLDER / study.config.study).is_dir() else "new"
 
 
+def _first_error(table: Path) -> str:
+    import pandas as pd
+
+    if not table.is_file():
+        return "no trial table"
+    errors = pd.read_parquet(table, columns=["error"])["error"].dropna().astype(str)
+    errors = errors[errors != ""]
+    return errors.iloc[0] if len(errors) else "unknown error"
+
+
 def write_manifest(plan: ComparePlan, out_dir: Path, collected: Sequence[str] = ()) -> Path:
     data = {
         "version": MANIFEST_VERSION,
@@ -353,6 +363,9 @@ def run_comparison(
                 continue
             ran.append(study.name)
             log(f"  best {result.best_score:.4f} (dense {result.dense_score:.4f}), {result.states}")
+            if not result.states.get("COMPLETE"):
+                failed[study.name] = f"no trial completed: {_first_error(result.table_path)}"
+                log(f"  {study.name}: {failed[study.name]}")
     finally:
         if started_ray:
             import ray
@@ -377,6 +390,8 @@ def run_comparison(
         raise RuntimeError(f"no study produced a trial table ({failed})")
     maximize = plan.maximize if plan is not None else True
     table = combine_studies(sources, maximize=maximize, labels=labels)
+    if not (table["state"] == "COMPLETE").any():
+        raise RuntimeError(f"no study completed a trial; errors: {failed}")
     table_path = save_table(table, out / TABLE)
     report = build_report(out, share=share)
     return CompareResult(table_path, report, tuple(ran), tuple(skipped), failed, tuple(collected))

@@ -240,3 +240,50 @@ def _same_plan(experiment, out):
         out_dir=out,
         overrides={"tracking.enabled": False},
     )
+
+
+def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_path, monkeypatch):
+    """The orchestration alone, with the runner replaced by a fake that writes tables."""
+    import ray
+
+    from crdiff_search import runner
+    from crdiff_search.runner.study import StudyResult
+
+    calls = []
+
+    def fake_run_study(config, *, out_dir, resume, address, progress):
+        calls.append((config.search.sampler, config.search.seed, resume))
+        scores = [0.5, None, None] if config.search.sampler == "random" else [0.5, 0.7, 0.6]
+        if config.search.sampler == "random" and config.search.seed == 1:
+            scores = [None, None, None]
+        table = study_table(scores, sampler=config.search.sampler, seed=config.search.seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table.to_parquet(out_dir / "trials.parquet")
+        states = table["state"].value_counts().to_dict()
+        return StudyResult(out_dir / "trials.parquet", out_dir, {}, 0.7, 0.5, "", None, 3, states)
+
+    monkeypatch.setattr(runner, "run_study", fake_run_study)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    plan = plan_comparison(
+        str(plugin_path), samplers=["tpe", "random"], seeds=[0, 1], trials=3, out_dir=tmp_path
+    )
+    # random-s0 was interrupted: it has a config and a Ray folder, so it is resumed.
+    interrupted = plan.studies[2]
+    assert interrupted.name == "random-s0"
+    folder = interrupted.config.output_dir
+    (folder / "ray" / interrupted.config.study).mkdir(parents=True)
+    (folder / "experiment.toml").write_text(interrupted.config.to_toml())
+
+    result = run_comparison(plan, tmp_path, log=lambda _: None)
+
+    assert calls == [
+        ("tpe", 0, False),
+        ("tpe", 1, False),
+        ("random", 0, True),
+        ("random", 1, False),
+    ]
+    assert result.failed == {"random-s1": "no trial completed: boom"}
+    table = pd.read_parquet(result.table_path)
+    assert len(table) == 12 and (table["method"] == "random").sum() == 6
+    assert "Best median final score: **tpe**" in result.report_path.read_text()

@@ -167,14 +167,18 @@ def _compare(args: argparse.Namespace) -> int:
     elif out is None:
         raise UsageError("--collect without --samplers needs --out DIR for the table and report")
 
-    result = run_comparison(
-        plan,
-        out,
-        collect=args.collect or (),
-        address=args.address,
-        progress=args.progress,
-        share=args.share,
-    )
+    try:
+        result = run_comparison(
+            plan,
+            out,
+            collect=args.collect or (),
+            address=args.address,
+            progress=args.progress,
+            share=args.share,
+        )
+    except RuntimeError as exc:  # nothing finished: no table, no report
+        print(f"crdiff compare: {exc}", file=sys.stderr)
+        return 1
     print(
         f"ran {len(result.ran)}, skipped {len(result.skipped)} complete, "
         f"collected {len(result.collected)}, failed {len(result.failed)}\n"
