@@ -76,7 +76,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from crdiff_search.testbed.evaluate import evaluate, format_table, parse_resolution
+    from crdiff_search.testbed.evaluate import evaluate, format_table, parse_resolution, to_json
 
     sizes = [parse_resolution(r) for r in args.resolution] if args.resolution else None
     report = evaluate(
@@ -89,7 +89,7 @@ def _eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     if args.json:
-        print(json.dumps(report))
+        print(json.dumps(to_json(report)))
     else:
         sys.stdout.write(format_table(report))
     return 0

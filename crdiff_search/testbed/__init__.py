@@ -37,7 +37,7 @@ def load_pipeline(*, device="cpu", dtype=None, folder=None):
             "`crdiff testbed train --out FOLDER`"
         )
     dtype = torch.float32 if dtype is None else dtype
-    pipe = ScenePipeline.from_pretrained(str(folder), torch_dtype=dtype)
+    pipe = ScenePipeline.from_pretrained(str(folder), dtype=dtype)
     check_tokenizer(pipe.tokenizer, min_vocab=49408, what="testbed tokenizer")
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

@@ -47,6 +47,9 @@ TEXT_CONFIG = {
     "projection_dim": 64,
 }
 
+# The cosine schedule ends at alpha_bar ~ 2e-9: an epsilon model's first x0 estimates are noise
+# amplified ~2e4 times, so pixel-space sampling needs them clipped to the image range
+# (thresholding); without it, few-step DPM-Solver++ returns noise.
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_schedule": "squaredcos_cap_v2",
@@ -54,6 +57,9 @@ SCHEDULER_CONFIG = {
     "algorithm_type": "dpmsolver++",
     "solver_order": 2,
     "lower_order_final": True,
+    "thresholding": True,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
 }
 
 

@@ -106,10 +106,11 @@ def _parse_group(words: list[str], caption: str) -> Group:
     if colour not in COLOURS:
         raise _bad(caption, f"unknown colour {colour!r}")
     count = COUNT_WORDS[count_word]
-    shape = shape_word[:-1] if count > 1 and shape_word.endswith("s") else shape_word
+    plural = shape_word.endswith("s")
+    shape = shape_word[:-1] if plural else shape_word
     if shape not in SHAPES:
         raise _bad(caption, f"unknown shape {shape_word!r}")
-    if (count > 1) != shape_word.endswith("s"):
+    if (count > 1) != plural:
         raise _bad(caption, f"{count_word!r} does not agree with {shape_word!r}")
     return Group(count, colour, shape)
 

@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, out: str | Path, *, log=print):
         with torch.no_grad():
             for e, p in zip(ema_params, params, strict=True):
                 e.lerp_(p, 1 - decay)
-        losses.append(float(loss))
+        losses.append(loss.item())
         elapsed = time.time() - start
         out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
         if step % cfg.log_every == 0 or step == cfg.steps or out_of_time:
