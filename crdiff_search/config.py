@@ -852,6 +852,13 @@ def check_model(config: ExperimentConfig) -> ModelInfo | None:
     Returns the model info, or None when the model's configs are not on this machine (the
     worker then checks when it loads the model).
     """
+    from crdiff_search.pruning import CRITERION_NAMES
+
+    if config.partition.criterion not in CRITERION_NAMES:
+        raise UsageError(
+            f"partition.criterion = {config.partition.criterion!r} is not valid; valid: "
+            f"{', '.join(CRITERION_NAMES)}"
+        )
     info = model_info(config.model.source)
     if info is None:
         return None

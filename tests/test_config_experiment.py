@@ -178,6 +178,7 @@ def test_seed_list_and_chunks():
         ("version = 2", ["version", "valid: 1"]),
         ('plugins = ["no_such_module_xyz"]', ["plugins[0]", "no_such_module_xyz"]),
         ("[resources]\ngpu = -1", ["resources", "gpu >= 0"]),
+        ('[partition]\ncriterion = "taylor"', ["partition.criterion", "'taylor'", "magnitude"]),
     ],
 )
 def test_bad_fields_name_the_field_and_valid_values(tmp_path, text, needles):

@@ -52,6 +52,8 @@ def _absolute_source(source: str) -> str:
 
 
 def _settings(config: ExperimentConfig, groups, completed, tracking) -> dict[str, Any]:
+    from crdiff_search.runner.worker import plugin_paths
+
     data = config.to_dict()
     data["model"]["source"] = _absolute_source(config.model.source)
     return {
@@ -65,6 +67,7 @@ def _settings(config: ExperimentConfig, groups, completed, tracking) -> dict[str
         "mode": config.objective.mode,
         "completed": completed,
         "tracking": tracking,
+        "plugin_paths": plugin_paths(config.plugins),
     }
 
 
@@ -136,9 +139,9 @@ def _scheduler(config: ExperimentConfig):
     n_chunks = len(config.chunks())
     if not config.search.early_stopping or n_chunks < 2:
         return None
-    from ray.tune.schedulers import ASHAScheduler
+    from crdiff_search.runner.trainable import BaselineASHA
 
-    return ASHAScheduler(
+    return BaselineASHA(
         time_attr="training_iteration",
         metric="score",
         mode=config.objective.mode,

@@ -57,13 +57,16 @@ def trial_index(trial) -> int:
 def error_line(trial) -> str:
     """The exception line of a failed trial (``ValueError: ...``), from Tune's error file."""
     text = ""
-    try:
-        err = trial.get_error()
-        text = str(err) if err is not None else ""
-    except Exception:
-        pass
-    if not text and getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
-        text = Path(trial.error_file).read_text(errors="replace")
+    # The local file gets every failure appended at once; the storage copy may lag behind.
+    local = getattr(trial, "error_file", None)
+    if local and os.path.exists(local):
+        text = Path(local).read_text(errors="replace")
+    if not text:
+        try:
+            err = trial.get_error()
+            text = str(err) if err is not None else ""
+        except Exception:
+            pass
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     for line in reversed(lines):
         if ":" in line and not line.startswith(("File ", "^")):
@@ -143,11 +146,12 @@ class TrialTable(tune.Callback):
         frame = frame.sort_values("trial_index", kind="stable").reset_index(drop=True)
         for c in ("started_at", "finished_at"):
             frame[c] = pd.to_datetime(frame[c], utc=True)
-        for c in (*METRIC_COLUMNS, "t_restore", "t_load", *[f"ratio.{g}" for g in self.groups]):
+        floats = [c for c in METRIC_COLUMNS if c != "n_images"]
+        for c in (*floats, "t_restore", "t_load", *[f"ratio.{g}" for g in self.groups]):
             frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
         for c in ("trial_index", "seed", "attempts"):
             frame[c] = frame[c].astype("int64")
-        for c in ("chunk", "worker_pid", "worker_loads"):
+        for c in ("n_images", "chunk", "worker_pid", "worker_loads"):
             frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
         for c in ("trial_id", "state", "error", "sampler"):
             frame[c] = frame[c].fillna("").astype(str)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from ray import tune
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from crdiff_search.runner import worker
 
@@ -191,8 +192,9 @@ class PruningTrainable(tune.Trainable):
         if len(self._state.objectives) > 1:
             for name, _, obj in state.objectives:
                 metrics[f"score.{name}"] = float(obj.aggregate(cumulative[name]))
+        # Wall time of the trial so far (without the worker's one-time load).
+        metrics["t_total"] = metrics["finished_at"] - self._started_at
         if done:
-            metrics["t_total"] = metrics["finished_at"] - self._started_at
             self._track(metrics, is_dense)
         return metrics
 
@@ -238,6 +240,17 @@ class PruningTrainable(tune.Trainable):
             log.warning(
                 "MLflow logging of trial %s failed:\n%s", self.trial_id, traceback.format_exc()
             )
+
+
+class BaselineASHA(ASHAScheduler):
+    """ASHA over prompt chunks that never stops the dense trial: it is the baseline every
+    candidate's score is compared with, so it must see all prompts."""
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if all(float(v) == 0.0 for v in trial.config.values()):
+            return TrialScheduler.CONTINUE
+        return decision
 
 
 def _better(a: float, b: float, mode: str) -> bool:

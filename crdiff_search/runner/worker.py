@@ -10,10 +10,12 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,10 +26,33 @@ _LOCK = threading.Lock()
 LOADS = 0
 
 
-def import_plugins(modules: Sequence[str]) -> None:
-    """Import the modules that register extra objectives (``register_objective``)."""
+def import_plugins(modules: Sequence[str], paths: Sequence[str] = ()) -> None:
+    """Import the modules that register extra objectives (``register_objective``).
+
+    ``paths`` are the folders the driver found them in (:func:`plugin_paths`): a worker on the
+    same machine does not share the driver's ``sys.path``.
+    """
+    for path in paths:
+        if path not in sys.path:
+            sys.path.append(path)
     for name in modules:
         importlib.import_module(name)
+
+
+def plugin_paths(modules: Sequence[str]) -> list[str]:
+    """The ``sys.path`` roots the (already imported) plugin modules were loaded from."""
+    roots = []
+    for name in modules:
+        top = sys.modules.get(name.split(".", 1)[0])
+        origin = getattr(top, "__file__", None)
+        if not origin:
+            continue
+        root = Path(origin).resolve().parent
+        if Path(origin).name == "__init__.py":
+            root = root.parent
+        if str(root) not in roots:
+            roots.append(str(root))
+    return roots
 
 
 def load_key(settings: Mapping[str, Any]) -> str:
@@ -131,7 +156,7 @@ def _load(settings: Mapping[str, Any]) -> WorkerState:
     from search_spaces import build_partition
 
     cfg = settings["config"]
-    import_plugins(cfg.get("plugins", []))
+    import_plugins(cfg.get("plugins", []), settings.get("plugin_paths", []))
     t0 = time.perf_counter()
     device = str(resolve_device(cfg["model"]["device"]))
     pipe = load_pipeline(cfg["model"]["source"], dtype=cfg["model"]["dtype"], device=device)

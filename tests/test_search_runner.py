@@ -1,0 +1,220 @@
+"""Studies on a real (local) Ray: concurrency, worker reuse, the dense trial, the trial table,
+early stopping over prompt chunks, and retried-then-failed trials.
+
+One Ray instance serves the module; trials are tiny (random-init pipeline, 2 prompts, 2 steps,
+32x32) and scored by a stand-in objective defined here. Ray workers import this module (it is
+the experiment's plugin), which registers the stand-in with ``register_objective``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from crdiff_search.config import ExperimentConfig, check_model
+from objectives import register_objective
+from objectives.base import Objective
+
+PLUGIN = Path(__file__).stem
+
+
+class RecordingBrightness(Objective):
+    """Mean brightness; logs every call to ``log`` (pid, time, images); can sleep and can raise
+    on given call numbers (counted across processes through the log)."""
+
+    name = "test-brightness"
+
+    def __init__(self, log: str = "", delay: float = 0.0, fail_calls: tuple = ()):
+        self.log, self.delay, self.fail_calls = log, delay, tuple(fail_calls)
+
+    def score(self, images, prompts):
+        call = 0
+        if self.log:
+            with open(self.log, "a+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                f.seek(0)
+                call = len(f.read().splitlines()) + 1
+                f.write(json.dumps({"pid": os.getpid(), "t": time.time(), "n": len(images)}) + "\n")
+        if call in self.fail_calls:
+            raise RuntimeError(f"injected failure on call {call}")
+        time.sleep(self.delay)
+        return np.array([np.asarray(im, dtype=np.float64).mean() / 255.0 for im in images])
+
+
+register_objective("test-brightness", RecordingBrightness, replace=True)
+
+CONTRACT_COLUMNS = [
+    "trial_id",
+    "trial_index",
+    "state",
+    "score",
+    "score_delta",
+    "sparsity",
+    "n_images",
+    "t_prune",
+    "t_generate",
+    "t_score",
+    "t_total",
+    "error",
+    "sampler",
+    "seed",
+    "started_at",
+    "finished_at",
+]
+
+
+def tiny_config(model: Path, out: Path, **changes) -> ExperimentConfig:
+    data = {
+        "study": out.name,
+        "resolution": "32x32",
+        "output": str(out),
+        "plugins": [PLUGIN],
+        "model": {"source": str(model), "steps": 2, "guidance": 1.0, "device": "cpu"},
+        "prompts": {"items": ["a red cat", "a blue bus"], "seeds": 0},
+        "objective": {"name": "test-brightness", "options": {"log": str(out) + ".calls"}},
+        "search": {"sampler": "random", "trials": 6, "concurrency": 2, "seed": 0},
+        "tracking": {"enabled": False},
+    }
+    for dotted, value in changes.items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    config = ExperimentConfig.from_dict(data)
+    check_model(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from crdiff_search.testing import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    tiny_sd_pipeline().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def concurrent_study(ray_session, tiny_model, tmp_path_factory):
+    """6 trials, 2 at a time, 2 prompt chunks with early stopping on."""
+    from crdiff_search.runner import run_study
+
+    out = tmp_path_factory.mktemp("studies") / "concurrent"
+    config = tiny_config(
+        tiny_model,
+        out,
+        **{
+            "prompts.chunk_size": 1,
+            "search.early_stopping": True,
+            "objective.options": {"log": str(out) + ".calls", "delay": 0.4},
+        },
+    )
+    t0 = time.perf_counter()
+    result = run_study(config, out_dir=out, progress=False)
+    wall = time.perf_counter() - t0
+    return config, result, pd.read_parquet(result.table_path), wall
+
+
+def test_table_rows_and_columns(concurrent_study):
+    config, result, table, _ = concurrent_study
+    assert len(table) == config.search.trials == result.n_trials
+    assert table["trial_id"].is_unique
+    assert sorted(table["trial_index"]) == list(range(config.search.trials))
+    groups = ["down", "mid", "up"]
+    assert set(CONTRACT_COLUMNS + [f"ratio.{g}" for g in groups]) <= set(table.columns)
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED"}
+    assert (table["sampler"] == "random").all() and (table["seed"] == 0).all()
+    assert str(table["started_at"].dtype).startswith("datetime64")
+    assert (table["finished_at"] > table["started_at"]).all()
+    assert (table["t_total"] >= table["t_generate"] + table["t_score"] - 1e-6).all()
+    assert (table["t_score"] >= 0.4 * table["n_images"] - 0.05).all()  # the objective's delay
+    complete = table[table["state"] == "COMPLETE"]
+    assert (complete["n_images"] == 2).all() and (complete["chunk"] == 2).all()
+    assert (table.loc[table["state"] == "PRUNED", "n_images"] == 1).all()
+    best = complete.loc[complete["score"].idxmax()]
+    assert result.best_score == pytest.approx(best["score"])
+    assert result.best_ratios == {g: pytest.approx(best[f"ratio.{g}"]) for g in groups}
+
+
+def test_trial_zero_is_dense(concurrent_study):
+    _, result, table, _ = concurrent_study
+    dense = table[table["trial_index"] == 0].iloc[0]
+    assert dense["state"] == "COMPLETE"  # early stopping never stops the baseline
+    assert [dense[f"ratio.{g}"] for g in ("down", "mid", "up")] == [0.0, 0.0, 0.0]
+    assert dense["score_delta"] == 0.0 and dense["sparsity"] == 0.0
+    assert result.dense_score == pytest.approx(dense["score"])
+    others = table[(table["trial_index"] > 0) & (table["state"] == "COMPLETE")]
+    assert len(others) >= 1
+    assert (others["sparsity"] > 0).all()
+    np.testing.assert_allclose(others["score_delta"], others["score"] - dense["score"], atol=1e-9)
+
+
+def test_trials_overlap_with_concurrency_2(concurrent_study):
+    _, _, table, _ = concurrent_study
+    assert table["worker_pid"].nunique() == 2
+    spans = sorted(zip(table["started_at"], table["finished_at"], strict=True))
+    overlaps = sum(
+        b_start < a_end for (_, a_end), (b_start, _) in zip(spans, spans[1:], strict=False)
+    )
+    assert overlaps >= 1, spans
+
+
+def test_one_pipeline_load_per_worker(concurrent_study):
+    _, _, table, _ = concurrent_study
+    assert len(table) >= 4
+    assert (table["worker_loads"] == 1).all()
+    # Each worker paid its load once, on its first trial only.
+    loaded = table[table["t_load"] > 0]
+    assert sorted(loaded["worker_pid"]) == sorted(table["worker_pid"].unique())
+
+
+def test_per_chunk_reports(concurrent_study):
+    _, result, table, _ = concurrent_study
+    # Ray's own results: one report per prompt chunk for a trial that ran to the end.
+    dense_id = table.loc[table["trial_index"] == 0, "trial_id"].iloc[0]
+    trial_dir = next(p for p in result.results_dir.iterdir() if dense_id in p.name)
+    reports = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+    assert [r["n_images"] for r in reports] == [1, 2]
+
+
+def test_failing_trial_is_retried_then_recorded(ray_session, tiny_model, tmp_path):
+    from crdiff_search.runner import run_study
+
+    out = tmp_path / "flaky"
+    # One worker, so calls are ordered: 1 dense, 2 trial 1, 3 trial 2 (fails), 4 its retry
+    # (fails again, in the trial or in a new worker's dense baseline), then trial 3 succeeds.
+    config = tiny_config(
+        tiny_model,
+        out,
+        **{
+            "search.trials": 4,
+            "search.concurrency": 1,
+            "search.retries": 1,
+            "objective.options": {"log": str(out) + ".calls", "fail_calls": [3, 4]},
+        },
+    )
+    result = run_study(config, out_dir=out, progress=False)
+    table = pd.read_parquet(result.table_path).set_index("trial_index")
+    assert len(table) == 4
+    assert table.loc[2, "state"] == "FAILED"
+    assert "RuntimeError: injected failure on call 4" in table.loc[2, "error"]
+    assert table.loc[2, "attempts"] == 2  # the first try and one retry
+    assert list(table.loc[[0, 1, 3], "state"]) == ["COMPLETE"] * 3
+    assert result.states == {"COMPLETE": 3, "FAILED": 1}
