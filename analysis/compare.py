@@ -171,9 +171,10 @@ def plan_comparison(
     }
     arms = [False, True] if early_stopping else [False]
     studies = []
+    # Seed-major order: a comparison cut short still has every sampler on its first seeds.
     for es in arms:
-        for sampler in samplers:
-            for seed in seeds:
+        for seed in seeds:
+            for sampler in samplers:
                 name = _study_name(method_label(sampler, es), seed)
                 config = base.replace(
                     **common,
@@ -329,8 +330,9 @@ def run_comparison(
         # One Ray session for every study: run_study reuses it instead of starting its own.
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            # "local": never attach to some other cluster found on this machine by accident.
             ray.init(
-                address=address,
+                address=address or "local",
                 include_dashboard=False,
                 log_to_driver=False,
                 **({} if address else {"num_cpus": os.cpu_count() or 1}),

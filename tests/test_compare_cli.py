@@ -120,19 +120,20 @@ def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(plug
     )
     assert [s.name for s in plan.studies] == [
         "tpe-s0",
-        "tpe-s5",
         "uniform-s0",
+        "tpe-s5",
         "uniform-s5",
         "tpe-asha-s0",
-        "tpe-asha-s5",
         "uniform-asha-s0",
+        "tpe-asha-s5",
         "uniform-asha-s5",
     ]
     configs = [s.config for s in plan.studies]
     assert {tuple(c.prompt_list()) for c in configs} == {("a red circle", "two blue squares")}
     assert {tuple(c.seed_list()) for c in configs} == {(0, 1)}
-    assert [(c.search.sampler, c.search.seed, c.search.early_stopping) for c in configs[:2]] == [
+    assert [(c.search.sampler, c.search.seed, c.search.early_stopping) for c in configs[:3]] == [
         ("tpe", 0, False),
+        ("uniform", 0, False),
         ("tpe", 5, False),
     ]
     assert all(c.search.trials == 4 for c in configs)
@@ -269,7 +270,7 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_pa
         str(plugin_path), samplers=["tpe", "random"], seeds=[0, 1], trials=3, out_dir=tmp_path
     )
     # random-s0 was interrupted: it has a config and a Ray folder, so it is resumed.
-    interrupted = plan.studies[2]
+    interrupted = plan.studies[1]
     assert interrupted.name == "random-s0"
     folder = interrupted.config.output_dir
     (folder / "ray" / interrupted.config.study).mkdir(parents=True)
@@ -279,8 +280,8 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_pa
 
     assert calls == [
         ("tpe", 0, False),
-        ("tpe", 1, False),
         ("random", 0, True),
+        ("tpe", 1, False),
         ("random", 1, False),
     ]
     assert result.failed == {"random-s1": "no trial completed: boom"}
