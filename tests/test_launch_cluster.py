@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -81,6 +82,7 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _start_ray_head(temp: Path, log) -> tuple[subprocess.Popen, str]:
+    """`ray start --head --block` with the dashboard (Jobs API) and every port free."""
     names = ("port", "dash", "agent", "agent_grpc", "metrics", "renv", "nm", "om", "client")
     ports = dict(zip(names, _free_ports(len(names)), strict=True))
     env = dict(
@@ -144,41 +146,72 @@ def _mlflow_ready(uri: str) -> bool:
         return False
 
 
+class _Service:
+    """A process started here, with the pids of everything it spawned."""
+
+    def __init__(self, proc: subprocess.Popen, url: str, log, log_path: Path, temp=None):
+        self.proc, self.url, self.log, self.log_path = proc, url, log, log_path
+        self.temp = temp  # a folder to remove once stopped
+        self.tracked: set[int] = set()
+
+    def note_children(self) -> None:
+        self.tracked |= _descendants(self.proc.pid)
+
+    def stop(self) -> None:
+        self.note_children()
+        _stop_tree(self.proc.pid, self.tracked)
+        self.log.close()
+        if self.temp is not None:
+            shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _new_ray_head() -> _Service:
+    temp = Path(tempfile.mkdtemp(prefix="crl", dir="/tmp"))  # short: Ray socket paths are limited
+    log = open(temp / "head.log", "wb")  # noqa: SIM115 - closed by stop()
+    proc, url = _start_ray_head(temp, log)
+    return _Service(proc, url, log, temp / "head.log", temp)
+
+
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    """Start the Ray head and the MLflow server side by side; stop both by pid afterwards."""
-    temp = Path(tempfile.mkdtemp(prefix="crl", dir="/tmp"))  # short: Ray socket paths are limited
+    """Start the Ray head and the MLflow server side by side; stop both by pid afterwards.
+
+    `ray start` gives the raylet a fixed 30 s to register and exits when a busy machine is
+    slower than that: the head is then started again (up to three times).
+    """
     folder = tmp_path_factory.mktemp("mlflow-server")
-    ray_log = open(temp / "head.log", "wb")  # noqa: SIM115 - closed in teardown
-    mlflow_log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed in teardown
-    ray_proc, ray_address = _start_ray_head(temp, ray_log)
-    mlflow_proc, mlflow_uri = _start_mlflow(folder, mlflow_log)
-    tracked: set[int] = set()
+    mlflow_log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed by stop()
+    mlflow = _Service(*_start_mlflow(folder, mlflow_log), mlflow_log, folder / "server.log")
+    heads = [_new_ray_head()]
     try:
-        deadline = time.monotonic() + 150
-        waiting = {
-            "ray": (ray_proc, temp / "head.log"),
-            "mlflow": (mlflow_proc, folder / "server.log"),
-        }
-        while waiting:
-            for name, (proc, log_path) in list(waiting.items()):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited:\n" + log_path.read_text()[-3000:])
-                tracked |= _descendants(proc.pid)
-                ready = _ray_ready(ray_address) if name == "ray" else _mlflow_ready(mlflow_uri)
-                if ready:
-                    del waiting[name]
-            if waiting and time.monotonic() > deadline:
-                raise RuntimeError(f"not up after 150 s: {sorted(waiting)}")
+        deadline = time.monotonic() + 240
+        ray_up = mlflow_up = False
+        while not (ray_up and mlflow_up):
+            head = heads[-1]
+            for svc in (head, mlflow):
+                svc.note_children()
+            if not ray_up and head.proc.poll() is not None:
+                if len(heads) == 3:
+                    raise RuntimeError("ray head exited:\n" + head.log_path.read_text()[-3000:])
+                head.stop()
+                heads.append(_new_ray_head())
+                continue
+            if mlflow.proc.poll() is not None:
+                raise RuntimeError("mlflow exited:\n" + mlflow.log_path.read_text()[-3000:])
+            ray_up = ray_up or (
+                "Ray runtime started" in head.log_path.read_text(errors="replace")
+                and _ray_ready(head.url)
+            )
+            mlflow_up = mlflow_up or _mlflow_ready(mlflow.url)
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"services not up after 240 s (ray {ray_up}, mlflow {mlflow_up})"
+                )
             time.sleep(0.5)
-        yield SimpleNamespace(ray=ray_address, mlflow=mlflow_uri, mlflow_folder=folder)
+        yield SimpleNamespace(ray=heads[-1].url, mlflow=mlflow.url, mlflow_folder=folder)
     finally:
-        for proc in (ray_proc, mlflow_proc):
-            tracked |= _descendants(proc.pid)
-        _stop_tree(ray_proc.pid, tracked)
-        _stop_tree(mlflow_proc.pid, set())
-        ray_log.close()
-        mlflow_log.close()
+        for svc in (*heads, mlflow):
+            svc.stop()
 
 
 def test_tracker_against_tracking_server(services):

@@ -295,7 +295,7 @@ class JobState:
     action: str  # submitted | resubmitted | attached | skipped
     status: str  # PENDING | RUNNING | SUCCEEDED | FAILED | STOPPED | DONE (table complete)
     message: str = ""
-    started: float = field(default_factory=time.monotonic)
+    seconds: float | None = None  # the job's run time, from Ray's job info
     ended: float | None = None
 
 
@@ -336,7 +336,13 @@ def submit_grid(
         if status == "SUCCEEDED":
             states.append(
                 JobState(
-                    plan, job.submission_id, "skipped", "SUCCEEDED", "already succeeded", ended=0.0
+                    plan,
+                    job.submission_id,
+                    "skipped",
+                    "SUCCEEDED",
+                    "already succeeded",
+                    seconds=_job_seconds(job),
+                    ended=0.0,
                 )
             )
             continue
@@ -372,6 +378,11 @@ def _status_name(status) -> str:
     return str(getattr(status, "value", status))
 
 
+def _job_seconds(info) -> float | None:
+    start, end = getattr(info, "start_time", None), getattr(info, "end_time", None)
+    return (end - start) / 1000.0 if start and end else None
+
+
 def latest_attempt(base_id: str, jobs) -> tuple[int, Any]:
     """``(attempt, job)`` of the newest job for a study: ``base_id`` is attempt 1,
     ``base_id-rN`` attempt N; ``(0, None)`` when the study was never submitted."""
@@ -396,30 +407,50 @@ def _status_line(states: list[JobState], elapsed: float) -> str:
     done = sum(1 for s in states if s.status in (*TERMINAL, "DONE"))
     parts = [f"{done}/{len(states)} finished"]
     parts += [f"{k.lower()} {v}" for k, v in sorted(counts.items())]
-    running = [s.plan.name for s in states if s.status == "RUNNING"]
+    running = [
+        f"{s.plan.name} {s.plan.trials_done()}/{s.plan.trials}"
+        for s in states
+        if s.status == "RUNNING"
+    ]
     if running:
         parts.append("running: " + ", ".join(running))
     return f"launch: {' · '.join(parts)} · {elapsed:.0f}s"
 
 
-def wait_for(client, states: list[JobState], *, poll_interval: float, out=None) -> None:
-    """Poll the jobs until all are terminal, with a live status line."""
+def wait_for(
+    client, states: list[JobState], *, poll_interval: float, out=None, max_errors: int = 5
+) -> None:
+    """Poll the jobs until all are terminal, with a live status line (rewritten in place on
+    a terminal, one line per change otherwise)."""
     out = out or sys.stderr
     live = hasattr(out, "isatty") and out.isatty()
     start = time.monotonic()
     last = ""
+    errors = 0
     while True:
-        for s in states:
-            if s.status in (*TERMINAL, "DONE"):
-                continue
-            s.status = _status_name(client.get_job_status(s.submission_id))
-            if s.status in TERMINAL:
-                s.ended = time.monotonic()
-                if s.status != "SUCCEEDED":
+        try:
+            for s in states:
+                if s.status in (*TERMINAL, "DONE"):
+                    continue
+                s.status = _status_name(client.get_job_status(s.submission_id))
+                if s.status in TERMINAL:
+                    s.ended = time.monotonic()
                     info = client.get_job_info(s.submission_id)
-                    lines = (info.message or "").strip().splitlines()
-                    s.message = lines[-1] if lines else ""
+                    s.seconds = _job_seconds(info)
+                    if s.status != "SUCCEEDED":
+                        lines = (info.message or "").strip().splitlines()
+                        s.message = lines[-1] if lines else ""
+            errors = 0
+        except Exception as exc:  # the head restarting, a network blip
+            errors += 1
+            if errors >= max_errors:
+                raise ConnectionError(
+                    f"lost the Ray Jobs API ({type(exc).__name__}: {exc}); the jobs may still "
+                    "run: launch the grid again to follow them"
+                ) from exc
         line = _status_line(states, time.monotonic() - start)
+        if errors:
+            line += f" · Ray unreachable ({errors})"
         if live:
             out.write("\r\033[K" + line)
             out.flush()
@@ -437,7 +468,7 @@ def summary_table(states: list[JobState]) -> str:
     """A plain-text table: study, resolution, action, status, time, best score, output."""
     rows = [("study", "resolution", "job", "action", "status", "time", "best", "output")]
     for s in states:
-        took = "-" if not s.ended else f"{s.ended - s.started:.0f}s"
+        took = "-" if s.seconds is None else f"{s.seconds:.0f}s"
         best = s.plan.best()
         rows.append(
             (
@@ -455,8 +486,9 @@ def summary_table(states: list[JobState]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     for s in states:
-        if s.message and s.status not in ("SUCCEEDED", "DONE"):
-            lines.append(f"{s.plan.name}: {s.message}")
+        if s.status in ("FAILED", "STOPPED"):
+            lines.append(f"{s.plan.name}: {s.message or s.status.lower()}")
+            lines.append(f"  logs: ray job logs {s.submission_id}")
     return "\n".join(lines)
 
 
