@@ -1,0 +1,143 @@
+"""`crdiff generate`: PNGs from a recipe file or the registry, and the labelled compare grid."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from crdiff_search.cli import main
+from crdiff_search.recipe import Recipe
+
+RATIOS = {"down": 0.3, "mid": 0.5, "up": 0.4}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from crdiff_search.testing import tiny_sd_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny-sd")
+    tiny_sd_pipeline(seed=3).save_pretrained(folder)
+    return folder
+
+
+def _recipe(model, **kw) -> Recipe:
+    base = dict(
+        model=str(model), width=16, height=16, ratios=RATIOS, poa_w=1.5, steps=2, guidance=4.0
+    )
+    base.update(kw)
+    return Recipe(**base)
+
+
+def test_generate_from_file_with_compare_grid(model_dir, tmp_path, capsys):
+    recipe_path = _recipe(model_dir).save(tmp_path / "recipe.json")
+    out = tmp_path / "out"
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--resolution",
+            "16x16",
+            "--prompt",
+            "a red circle",
+            "--prompt",
+            "two blue squares",
+            "--recipe",
+            str(recipe_path),
+            "--compare",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["000-a-red-circle.png", "001-two-blue-squares.png", "compare.png"]
+    assert Image.open(out / "000-a-red-circle.png").size == (16, 16)
+    grid = Image.open(out / "compare.png")
+    # three 128-px columns (16 px tiles scaled x8) with 4-px gutters, two rows
+    assert grid.size == (3 * 132 + 4, 18 + 2 * (128 + 28 + 4))
+    tiles = [
+        np.asarray(grid.crop((4 + c * 132, 18, 4 + c * 132 + 128, 18 + 128))) for c in range(3)
+    ]
+    assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
+    # the POA column is the file written for prompt 0
+    poa = np.asarray(Image.open(out / "000-a-red-circle.png").resize((128, 128), Image.NEAREST))
+    assert np.array_equal(tiles[2], poa)
+    meta = json.loads((out / "generation.json").read_text())
+    assert meta["poa_w"] == 1.5 and meta["steps"] == 2 and meta["seeds"] == [0, 1]
+    assert Recipe.load(out / "recipe.json") == _recipe(model_dir)
+
+
+def test_generate_from_registry_nearest_and_strict(model_dir, tmp_path, capsys):
+    from test_registry_core import fresh_registry_uri
+
+    from crdiff_search.registry import Registry
+
+    uri = fresh_registry_uri(tmp_path / "reg")
+    Registry(uri).export(_recipe(model_dir, width=16, height=16))
+    out = tmp_path / "out"
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--resolution",
+            "24x16",
+            "--prompt",
+            "a green square",
+            "--registry",
+            uri,
+            "--poa-w",
+            "2",
+            "--out",
+            str(out),
+            "--seed",
+            "7",
+        ]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "nearest registered resolution 16x16" in err
+    image = Image.open(out / "000-a-green-square.png")
+    assert image.size == (24, 16)
+    meta = json.loads((out / "generation.json").read_text())
+    assert meta["poa_w"] == 2.0 and meta["recipe"].endswith("version 1 (16x16)")
+    code = main(
+        [
+            "generate",
+            "--model",
+            str(model_dir),
+            "--resolution",
+            "24x16",
+            "--strict",
+            "--prompt",
+            "x",
+            "--registry",
+            uri,
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 2
+    assert "strict" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--resolution", "16by16", "--prompt", "x"], "WIDTHxHEIGHT"),
+        (["--resolution", "16x16"], "at least one --prompt"),
+        (["--resolution", "16x16", "--prompt", "x", "--poa-w", "nan"], "finite"),
+        (
+            ["--resolution", "16x16", "--prompt", "x", "--recipe", "none", "--compare"],
+            "needs a recipe",
+        ),
+        (["--resolution", "16x16", "--prompt", "x", "--recipe", "missing.json"], "does not exist"),
+    ],
+)
+def test_generate_rejects_bad_input_before_loading(argv, message, capsys):
+    assert main(["generate", "--model", "nowhere", *argv]) == 2
+    assert message in capsys.readouterr().err
