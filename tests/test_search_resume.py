@@ -1,0 +1,166 @@
+"""The driver killed with SIGKILL mid-search, then ``crdiff search --resume``: exactly the
+budget, no finished trial run again, the annealing chain continuing, no duplicate MLflow runs.
+
+Both drivers are real ``crdiff search`` processes. This module is the experiment's plugin: it
+registers the slow stand-in objective in the drivers and in their Ray workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from objectives import register_objective
+from objectives.base import Objective
+
+REPO = Path(__file__).resolve().parent.parent
+BUDGET = 6
+
+
+class SlowBrightness(Objective):
+    """Mean brightness after ``delay`` seconds; appends one JSON line per call to ``log``."""
+
+    name = "test-slow-brightness"
+
+    def __init__(self, log: str = "", delay: float = 0.0):
+        self.log, self.delay = log, delay
+
+    def score(self, images, prompts):
+        time.sleep(self.delay)
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(json.dumps({"pid": os.getpid(), "t": time.time()}) + "\n")
+        return np.array([np.asarray(im, dtype=np.float64).mean() / 255.0 for im in images])
+
+
+register_objective("test-slow-brightness", SlowBrightness, replace=True)
+
+
+def crdiff(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent), RAY_AUTH_MODE="disabled")
+    return subprocess.Popen(
+        [sys.executable, "-m", "crdiff_search", "search", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def complete_rows(table: Path) -> pd.DataFrame | None:
+    try:
+        frame = pd.read_parquet(table)
+    except Exception:  # not written yet
+        return None
+    return frame[frame["state"] == "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path):
+    from crdiff_search.testing import tiny_sd_pipeline
+
+    model = tmp_path / "model"
+    tiny_sd_pipeline().save_pretrained(model)
+    out, calls = tmp_path / "study", tmp_path / "calls.jsonl"
+    db = tmp_path / "mlflow.db"
+    exp = tmp_path / "resume.toml"
+    exp.write_text(
+        textwrap.dedent(f"""
+        study = "resume"
+        resolution = "32x32"
+        plugins = ["{Path(__file__).stem}"]
+        [model]
+        source = "{model}"
+        steps = 2
+        guidance = 1.0
+        device = "cpu"
+        [prompts]
+        items = ["a red cat", "a blue bus"]
+        [objective]
+        name = "test-slow-brightness"
+        options = {{ log = "{calls}", delay = 1.0 }}
+        [search]
+        sampler = "anneal"
+        trials = {BUDGET}
+        concurrency = 1
+        [tracking]
+        uri = "sqlite:///{db}"
+    """)
+    )
+    args = [str(exp), "--out", str(out)]
+
+    first = crdiff(args)
+    deadline = time.time() + 400
+    before = None
+    while time.time() < deadline and first.poll() is None:
+        rows = complete_rows(out / "trials.parquet")
+        if rows is not None and len(rows) >= 2:
+            before = rows
+            break
+        time.sleep(0.2)
+    assert before is not None, "the first driver finished no trials:\n" + (
+        first.stdout.read() if first.poll() is not None else "(still running)"
+    )
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    killed_at = time.time()
+    before = complete_rows(out / "trials.parquet")  # what was finished when the driver died
+    assert 2 <= len(before) < BUDGET
+
+    second = crdiff([*args, "--resume"])
+    log, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, log
+
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == BUDGET, table
+    assert sorted(table["trial_index"]) == list(range(BUDGET))
+    assert table["trial_id"].is_unique
+    assert (table["state"] == "COMPLETE").all(), table[["trial_index", "state", "error"]]
+
+    # Trials finished before the kill kept their results and were not executed again.
+    after = table.set_index("trial_id").loc[before["trial_id"]]
+    assert list(after["finished_at"]) == list(before["finished_at"])
+    assert list(after["score"]) == list(before["score"])
+    resumed_calls = [
+        json.loads(line)
+        for line in calls.read_text().splitlines()
+        if json.loads(line)["t"] > killed_at
+    ]
+    # Each trial not finished before the kill once, plus at most one dense baseline per new worker.
+    unfinished = BUDGET - len(before)
+    assert unfinished <= len(resumed_calls) <= unfinished + 1
+
+    # The annealing chain continued: the searcher came back with the finished trials in its
+    # Optuna study (numbers run on, the dense point enqueued once), rather than starting over.
+    import pickle
+
+    state_file = sorted((out / "ray" / "resume").glob("searcher-state-*.pkl"))[-1]
+    study = pickle.loads(state_file.read_bytes())["_ot_study"]
+    trials = study.get_trials(deepcopy=False)
+    assert [t.number for t in trials] == list(range(BUDGET))
+    assert [t.number for t in trials if t.system_attrs.get("fixed_params")] == [0]
+    groups = [c.split(".", 1)[1] for c in table.columns if c.startswith("ratio.")]
+    by_index = table.set_index("trial_index")
+    for t in trials:
+        assert t.params == {g: pytest.approx(by_index.loc[t.number, f"ratio.{g}"]) for g in groups}
+
+    # MLflow: one study run, one child run per trial, however often the driver started.
+    from crdiff_search.tracking import KIND_TAG, StudyTracker
+
+    tracker = StudyTracker(f"sqlite:///{db}", "resume")
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    kinds = [r.data.tags.get(KIND_TAG) for r in runs]
+    assert kinds.count("study") == 1
+    assert kinds.count("trial") == BUDGET
