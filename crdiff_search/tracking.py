@@ -76,6 +76,25 @@ def configure_mlflow_env() -> None:
 configure_mlflow_env()
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path | None):
+    """An exclusive advisory lock on ``path`` (no-op for None or without fcntl)."""
+    if path is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class TrackingError(RuntimeError):
     """MLflow failed; the message names the tracking URI and what was being done."""
 
@@ -276,10 +295,15 @@ class StudyTracker:
             from mlflow.tracking import MlflowClient
         except ImportError as exc:  # pragma: no cover - mlflow is a dependency
             raise TrackingError(f"mlflow is not importable: {exc}") from exc
+        db = None
         if self.tracking_uri.startswith("sqlite:///"):
-            Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        self._client = self._call("connect", MlflowClient, tracking_uri=self.tracking_uri)
-        self.experiment_id = self._ensure_experiment()
+            db = Path(self.tracking_uri[len("sqlite:///") :])
+            db.parent.mkdir(parents=True, exist_ok=True)
+        # Processes that open a new SQLite store at once would all create its tables (and all
+        # but one fail): the first use of a store is serialised with a lock file next to it.
+        with _file_lock(db.with_name(db.name + ".lock") if db else None):
+            self._client = self._call("connect", MlflowClient, tracking_uri=self.tracking_uri)
+            self.experiment_id = self._ensure_experiment()
         self._children: dict[str, dict[str, str]] = {}
         self._study_of: dict[str, str] = {}
 

@@ -68,6 +68,8 @@ def test_plan_two_studies(tmp_path):
     assert plans[0].entrypoint.startswith("crdiff search ")
     assert f"--out {tmp_path / 'results' / 'tiny'} " in plans[0].entrypoint
     assert plans[0].entrypoint.endswith("--address auto")
+    # without a tracking URI anywhere, the grid's studies share one store next to the outputs
+    assert f'uri = "sqlite:///{tmp_path / "results" / "mlflow.db"}"' in plans[0].study_toml
     ids = [p.submission_id for p in plans]
     assert ids[0].startswith("crdiff-tiny-") and ids[1].startswith("crdiff-tiny-32x64-")
     # ids are a function of the resolved study: same grid -> same ids; a change -> a new id

@@ -206,3 +206,28 @@ def test_mlflow_makes_no_network_calls_of_its_own():
     assert is_telemetry_disabled()
     for key in ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"):
         assert key in MLFLOW_ENV_DEFAULTS and key in os.environ
+
+
+def test_processes_sharing_a_new_sqlite_store(tmp_path):
+    """Drivers and workers that open the same new store at once (a grid's jobs, a study's
+    trial workers): the tables are created once and the study run stays unique."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'shared.db'}"
+    code = (
+        "import sys\n"
+        "from crdiff_search.tracking import StudyTracker\n"
+        f"t = StudyTracker({uri!r}, 'shared')\n"
+        "p = t.start_study('s', {}, {}, None)\n"
+        "t.log_trial(p, sys.argv[1], {'down': 0.1}, {'score': 1.0}, {})\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, f"t{i}"], stderr=subprocess.PIPE)
+        for i in range(3)
+    ]
+    errors = [p.communicate(timeout=300)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    tracker = StudyTracker(uri, "shared")
+    assert len(_studies(tracker, "s")) == 1
+    assert sorted(tracker.trial_runs(tracker.find_study("s"))) == ["t0", "t1", "t2"]

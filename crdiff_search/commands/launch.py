@@ -5,7 +5,8 @@ A grid file (TOML) lists studies, each an experiment file plus overrides::
     version = 1
     out = "runs"                  # study outputs go to <out>/<study> (relative: working folder)
     command = "crdiff"            # how a job calls the CLI on the cluster
-    tracking_uri = ""             # optional: every study logs to this MLflow URI
+    tracking_uri = ""             # optional: every study logs to this MLflow URI (default: the
+                                  # experiment's, else sqlite:///<out>/mlflow.db)
     [env]                         # optional environment variables for every job
     HF_HUB_OFFLINE = "1"
     [defaults]                    # optional overrides applied to every study
@@ -239,10 +240,13 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
                 changes["output"] = str(grid.out / name)
             else:
                 changes["output"] = str(Path(cfg.output).resolve())
-            if grid.tracking_uri and not any(
-                k in overrides for k in ("tracking_uri", "tracking.uri")
-            ):
-                changes["tracking.uri"] = grid.tracking_uri
+            if not any(k in overrides for k in ("tracking_uri", "tracking.uri")):
+                if grid.tracking_uri:
+                    changes["tracking.uri"] = grid.tracking_uri
+                elif not cfg.tracking.uri:
+                    # A job's working folder is Ray's choice: keep the grid's runs in one
+                    # SQLite store next to its outputs instead.
+                    changes["tracking.uri"] = f"sqlite:///{grid.out / 'mlflow.db'}"
             cfg = cfg.replace(**changes)
         except UsageError as exc:
             raise _grid_error(grid.path, f"{where}: {exc}") from None
