@@ -115,7 +115,7 @@ def test_bounds_and_native_types(name):
         "width": IntDistribution(1, 64, log=True),
     }
     study = optuna.create_study(direction="maximize", sampler=create_sampler(name, seed=1))
-    for i in range(25):
+    for i in range(15):
         t = study.ask(space)
         for g, d in space.items():
             v = t.params[g]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -96,11 +96,20 @@ class _Chain:
     restarts: int = 0
     iterations: int = 0
     stopped: bool = False
-    scores: list[float] = field(default_factory=list)
+    # Running count, mean and sum of squared deviations of the valid scores (Welford).
+    n_scores: int = 0
+    mean_score: float = 0.0
+    m2_score: float = 0.0
+
+    def add_score(self, score: float) -> None:
+        self.n_scores += 1
+        d = score - self.mean_score
+        self.mean_score += d / self.n_scores
+        self.m2_score += d * (score - self.mean_score)
 
     @property
     def spread(self) -> float:
-        return float(np.std(self.scores)) if len(self.scores) > 1 else 0.0
+        return math.sqrt(max(self.m2_score, 0.0) / self.n_scores) if self.n_scores > 1 else 0.0
 
 
 class SimulatedAnnealingSampler(BaseSampler):
@@ -213,6 +222,9 @@ class SimulatedAnnealingSampler(BaseSampler):
         self._restart_neighbor = restart_neighbor
         self._failure_score = failure_score
         self._source = random_source if random_source is not None else SeededSource(seed)
+        # Memo of the acceptance draw per trial number: a pure function of (source, number),
+        # cached only because building a generator costs more than the rest of a replay step.
+        self._accept_draws: dict[int, float] = {}
 
     def reseed_rng(self) -> None:
         # Draws are keyed by trial number, so workers sharing this seed already propose
@@ -234,9 +246,11 @@ class SimulatedAnnealingSampler(BaseSampler):
         if not search_space:
             return {}
         space = CoordinateSpace.from_mapping(search_space)
-        trials = study._get_trials(deepcopy=False, use_cache=True)
-        chain = self._replay(study, space, trials)
-        others = [t for t in trials if t.number != trial.number and space.contains(t.params)]
+        members = [
+            t for t in study._get_trials(deepcopy=False, use_cache=True) if space.contains(t.params)
+        ]
+        chain = self._replay(study, space, members)
+        others = [t for t in members if t.number != trial.number]
         pending = [t.params for t in others if t.state == TrialState.RUNNING]
         current = space.to_params(chain.current)
         if chain.needs_evaluation and not any(space.same_point(p, current) for p in pending):
@@ -267,7 +281,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         """The chain rebuilt from the study's finished trials (for reports and stop rules)."""
         trials = study._get_trials(deepcopy=False)
         space = CoordinateSpace.from_mapping(_chain_space(trials, None))
-        c = self._replay(study, space, trials)
+        c = self._replay(study, space, [t for t in trials if space.contains(t.params)])
         return ChainState(
             names=space.names,
             current=space.to_params(c.current) if space.dim else None,
@@ -290,10 +304,8 @@ class SimulatedAnnealingSampler(BaseSampler):
             n: self._start(n, d) for n, d in zip(space.names, space.distributions, strict=True)
         }
         chain = _Chain(current=space.to_coords(start), temperature=self._t0)
-        finished = sorted(
-            (t for t in trials if t.state in _FINISHED and space.contains(t.params)),
-            key=lambda t: t.number,
-        )
+        # ``trials`` all cover ``space`` (callers filter them once).
+        finished = sorted((t for t in trials if t.state in _FINISHED), key=lambda t: t.number)
         for t in finished:
             if chain.needs_evaluation and space.same_point(
                 t.params, space.to_params(chain.current)
@@ -306,12 +318,12 @@ class SimulatedAnnealingSampler(BaseSampler):
                 chain.stall += 1
             else:
                 score = sign * float(value)
-                chain.scores.append(score)
+                chain.add_score(score)
                 accept = chain.current_score is None or self._acceptance(
                     score - chain.current_score,
                     chain.temperature,
                     chain.spread,
-                    float(self._source(t.number, "accept").random()),
+                    self._acceptance_draw(t.number),
                 )
                 if accept:
                     chain.current = space.to_coords(t.params)
@@ -371,6 +383,12 @@ class SimulatedAnnealingSampler(BaseSampler):
             chain.needs_evaluation = False
         else:
             raise TypeError(f"on_stall must return Reheat, Restart or Stop, got {decision!r}")
+
+    def _acceptance_draw(self, number: int) -> float:
+        u = self._accept_draws.get(number)
+        if u is None:
+            u = self._accept_draws[number] = float(self._source(number, "accept").random())
+        return u
 
     def _half_widths(self, space: CoordinateSpace, ratio: float) -> np.ndarray:
         return np.array([self._step(ratio, space.width(k)) for k in range(space.dim)])

@@ -86,13 +86,16 @@ class CoordinateSpace:
 
     def contains(self, params: Mapping[str, Any]) -> bool:
         """Whether a trial's parameters cover this space (same names; values inside)."""
-        try:
-            return all(
-                name in params and dist._contains(dist.to_internal_repr(params[name]))
-                for name, dist in zip(self.names, self.distributions, strict=True)
-            )
-        except (ValueError, TypeError):
-            return False
+        for name, dist in zip(self.names, self.distributions, strict=True):
+            if name not in params:
+                return False
+            value = params[name]
+            if isinstance(dist, CategoricalDistribution):
+                if value not in dist.choices:
+                    return False
+            elif not (isinstance(value, int | float) and dist.low <= value <= dist.high):
+                return False
+        return True
 
     def same_point(self, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
         for k, (name, dist) in enumerate(zip(self.names, self.distributions, strict=True)):
