@@ -302,10 +302,13 @@ def run_comparison(
     address: str | None = None,
     progress: bool = False,
     share: float = DEFAULT_SHARE,
+    run: bool = True,
     log: Callable[[str], None] = _log,
 ) -> CompareResult:
     """Run the planned studies not yet complete (one at a time, sharing one Ray session), add
-    the collected study tables, and write ``comparison.parquet`` and the report."""
+    the collected study tables, and write ``comparison.parquet`` and the report.
+
+    ``run=False`` runs nothing and reports only the planned studies already complete."""
     from analysis.table import combine_studies, find_study_tables, save_table
 
     out = Path(out_dir)
@@ -319,7 +322,7 @@ def run_comparison(
         raise UsageError("nothing to compare: give samplers to run or --collect folders")
 
     ran, skipped, failed = [], [], {}
-    todo = [s for s in studies if statuses[s.name] != "complete"]
+    todo = [s for s in studies if statuses[s.name] != "complete"] if run else []
     skipped = [s.name for s in studies if statuses[s.name] == "complete"]
     started_ray = False
     if todo:
@@ -378,7 +381,8 @@ def run_comparison(
     labels: dict[str, dict[str, Any]] = {}
     for study in studies:
         path = study.config.output_dir / "trials.parquet"
-        if path.is_file():
+        # run=False reports what is finished: a study cut short would bias its method.
+        if path.is_file() and (run or statuses[study.name] == "complete"):
             sources[study.name] = path
             labels[study.name] = {
                 "sampler": study.sampler,

@@ -21,61 +21,25 @@ from analysis.synthetic import study_table
 from crdiff_search.cli import main
 from crdiff_search.errors import UsageError
 
-PLUGIN = '''
-import numpy as np
-from objectives import register_objective
-from objectives.base import Objective
-
-
-class Brightness(Objective):
-    """Mean pixel value: cheap, and it moves when weights are pruned."""
-
-    name = "brightness"
-
-    def score(self, images, prompts):
-        return np.array([float(np.asarray(im, dtype=np.float32).mean()) / 255.0 for im in images])
-
-
-register_objective("brightness", Brightness, replace=True)
-'''
-
 
 @pytest.fixture(scope="module")
-def tiny_experiment(tmp_path_factory):
-    """A tiny random pipeline on disk and an experiment scoring it with a plug-in objective."""
-    from crdiff_search.testing import tiny_sd_pipeline
-
-    root = tmp_path_factory.mktemp("tiny")
-    tiny_sd_pipeline(seed=0).save_pretrained(root / "pipe")
-    (root / "cmp_brightness_plugin.py").write_text(PLUGIN)
-    exp = root / "tiny.toml"
-    exp.write_text(
-        textwrap.dedent(f"""
-        study = "tiny"
+def experiment(tmp_path_factory):
+    """The testbed at its training size with a small, cheap prompt batch."""
+    path = tmp_path_factory.mktemp("exp") / "tb.toml"
+    path.write_text(
+        textwrap.dedent("""
+        study = "tb"
         resolution = "32x32"
-        plugins = ["cmp_brightness_plugin"]
 
         [model]
-        source = "{root / "pipe"}"
-        steps = 2
+        source = "testbed"
+        steps = 4
 
         [prompts]
-        items = ["a red circle", "two blue squares", "a green circle", "one red square"]
         count = 2
-
-        [objective]
-        name = "brightness"
     """)
     )
-    return root, exp
-
-
-@pytest.fixture
-def plugin_path(tiny_experiment, monkeypatch):
-    root, exp = tiny_experiment
-    monkeypatch.syspath_prepend(str(root))
-    monkeypatch.setenv("PYTHONPATH", str(root))  # Ray workers import the plug-in too
-    return exp
+    return path
 
 
 @pytest.mark.parametrize(
@@ -109,9 +73,9 @@ def test_seeds_are_a_count_or_a_list():
         parse_seeds("1,1")
 
 
-def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(plugin_path, tmp_path):
+def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(experiment, tmp_path):
     plan = plan_comparison(
-        str(plugin_path),
+        str(experiment),
         samplers=["tpe", "uniform"],
         seeds=[0, 5],
         trials=4,
@@ -129,7 +93,8 @@ def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(plug
         "uniform-asha-s5",
     ]
     configs = [s.config for s in plan.studies]
-    assert {tuple(c.prompt_list()) for c in configs} == {("a red circle", "two blue squares")}
+    assert len({tuple(c.prompt_list()) for c in configs}) == 1
+    assert len(configs[0].prompt_list()) == 2
     assert {tuple(c.seed_list()) for c in configs} == {(0, 1)}
     assert [(c.search.sampler, c.search.seed, c.search.early_stopping) for c in configs[:3]] == [
         ("tpe", 0, False),
@@ -140,16 +105,14 @@ def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(plug
     # Early stopping needs several prompt chunks; every arm scores the same chunks.
     assert {len(c.chunks()) for c in configs} == {2}
     assert [c.search.early_stopping for c in configs].count(True) == 4
-    assert {c.tracking.experiment for c in configs} == {"tiny-compare"}
+    assert {c.tracking.experiment for c in configs} == {"tb-compare"}
     assert configs[0].output_dir == tmp_path / "studies" / "tpe-s0"
     assert plan.context["resolution"] == "32x32" and plan.maximize
 
 
-def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(
-    plugin_path, tmp_path
-):
+def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(experiment, tmp_path):
     plan = plan_comparison(
-        str(plugin_path), samplers=["random"], seeds=[0], trials=3, out_dir=tmp_path
+        str(experiment), samplers=["random"], seeds=[0], trials=3, out_dir=tmp_path
     )
     study = plan.studies[0]
     assert study_status(study) == "new"
@@ -184,13 +147,11 @@ def test_collect_and_report_only_rebuild_the_same_report(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_end_to_end_compare_two_samplers_two_seeds_through_the_runner(
-    plugin_path, tmp_path, capsys
-):
+def test_end_to_end_compare_two_samplers_two_seeds_through_the_runner(experiment, tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = [
         "compare",
-        str(plugin_path),
+        str(experiment),
         "--samplers",
         "tpe,uniform",
         "--seeds",
@@ -227,7 +188,7 @@ def test_end_to_end_compare_two_samplers_two_seeds_through_the_runner(
     assert (out / "figures" / "best_vs_images.png").stat().st_size > 1000
 
     # Running it again finds every study complete and only rewrites the report.
-    again = run_comparison(_same_plan(plugin_path, out), out)
+    again = run_comparison(_same_plan(experiment, out), out)
     assert again.ran == () and len(again.skipped) == 4
     assert (out / "report.md").read_text() == report
 
@@ -243,7 +204,7 @@ def _same_plan(experiment, out):
     )
 
 
-def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_path, monkeypatch):
+def test_runs_resumes_and_reports_failed_studies_without_ray(experiment, tmp_path, monkeypatch):
     """The orchestration alone, with the runner replaced by a fake that writes tables."""
     import ray
 
@@ -259,6 +220,7 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_pa
             scores = [None, None, None]
         table = study_table(scores, sampler=config.search.sampler, seed=config.search.seed)
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "experiment.toml").write_text(config.to_toml())
         table.to_parquet(out_dir / "trials.parquet")
         states = table["state"].value_counts().to_dict()
         return StudyResult(out_dir / "trials.parquet", out_dir, {}, 0.7, 0.5, "", None, 3, states)
@@ -267,7 +229,7 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_pa
     monkeypatch.setattr(ray, "init", lambda **kw: None)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     plan = plan_comparison(
-        str(plugin_path), samplers=["tpe", "random"], seeds=[0, 1], trials=3, out_dir=tmp_path
+        str(experiment), samplers=["tpe", "random"], seeds=[0, 1], trials=3, out_dir=tmp_path
     )
     # random-s0 was interrupted: it has a config and a Ray folder, so it is resumed.
     interrupted = plan.studies[1]
@@ -288,3 +250,16 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(plugin_path, tmp_pa
     table = pd.read_parquet(result.table_path)
     assert len(table) == 12 and (table["method"] == "random").sum() == 6
     assert "Best median final score: **tpe**" in result.report_path.read_text()
+
+    # --complete-only: a larger plan runs nothing and reports only the finished studies.
+    bigger = plan_comparison(
+        str(experiment), samplers=["tpe", "random"], seeds=[0, 1, 2], trials=3, out_dir=tmp_path
+    )
+    partial = bigger.studies[-1].config.output_dir
+    partial.mkdir(parents=True)
+    (partial / "experiment.toml").write_text(bigger.studies[-1].config.to_toml())
+    study_table([0.9], sampler="random", seed=2).to_parquet(partial / "trials.parquet")
+    calls.clear()
+    again = run_comparison(bigger, tmp_path, run=False, log=lambda _: None)
+    assert calls == [] and again.ran == ()
+    assert sorted(pd.read_parquet(again.table_path)["seed"].unique()) == [0, 1]

@@ -54,6 +54,11 @@ def register(subparsers) -> None:
         help="rebuild the report of DIR from DIR/comparison.parquet; run nothing",
     )
     parser.add_argument(
+        "--complete-only",
+        action="store_true",
+        help="run nothing: the table and report from the studies already complete",
+    )
+    parser.add_argument(
         "--collect",
         nargs="+",
         metavar="DIR",
@@ -129,6 +134,8 @@ def _compare(args: argparse.Namespace) -> int:
 
     for name in ("prompts", "steps", "concurrency"):
         _positive(name, getattr(args, name))
+    if args.trials is not None and args.trials < 2:
+        raise UsageError(f"--trials must be >= 2 (trial 0 is the dense model), got {args.trials}")
     from analysis.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
 
     run = args.samplers is not None or not args.collect
@@ -175,6 +182,7 @@ def _compare(args: argparse.Namespace) -> int:
             address=args.address,
             progress=args.progress,
             share=args.share,
+            run=not args.complete_only,
         )
     except RuntimeError as exc:  # nothing finished: no table, no report
         print(f"crdiff compare: {exc}", file=sys.stderr)
