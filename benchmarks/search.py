@@ -93,6 +93,7 @@ def make_config(source: str, args, workdir: Path, trials: int):
         "prompts.items": sample_captions(args.images, 0),
         "prompts.count": args.images,
         "objective.name": args.objective,
+        "tracking.enabled": not args.no_tracking,
     }
     return load_experiment(None, **overrides)
 
@@ -118,6 +119,11 @@ def reload_loop(cfg, n: int) -> dict:
     from search_spaces import build_partition
 
     torch.set_grad_enabled(False)
+    # Trial workers run with as many threads as CPUs they hold (Ray sets OMP_NUM_THREADS);
+    # the loop gets the same, so both halves compute alike.
+    threads = max(1, int(cfg.resources.cpu))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     prompts, seeds = cfg.prompt_list(), cfg.seed_list()
     obj_name = cfg.objective.names[0]
     rows = []
@@ -158,9 +164,11 @@ def reload_loop(cfg, n: int) -> dict:
             }
         )
         del pipe, pruner, denoiser
+    torch.set_num_threads(previous_threads)
     per = statistics.mean(r["total"] for r in rows)
     return {
         "candidates": n,
+        "torch_threads": threads,
         "seconds_per_candidate": per,
         "load_seconds_mean": statistics.mean(r["load"] for r in rows),
         "generate_seconds_mean": statistics.mean(r["generate"] for r in rows),
@@ -196,6 +204,10 @@ def framework(cfg, workdir: Path) -> dict:
     window = (steady["finished_at"].max() - steady["started_at"].iloc[0]).total_seconds()
     work = float((steady["t_generate"] + steady["t_score"]).sum())
     per_trial = window / len(steady)
+    gaps = (
+        steady["started_at"].iloc[1:].reset_index(drop=True)
+        - steady["finished_at"].iloc[:-1].reset_index(drop=True)
+    ).dt.total_seconds()
     in_trial = float(
         ((steady["t_total"] - steady["t_generate"] - steady["t_score"]).sum())
         / steady["t_total"].sum()
@@ -210,6 +222,8 @@ def framework(cfg, workdir: Path) -> dict:
         "prune_restore_seconds_mean": float(
             (steady["t_prune"] + steady.get("t_restore", 0)).mean()
         ),
+        "between_trials_seconds_mean": float(gaps.mean()) if len(gaps) else 0.0,
+        "tracking": bool(cfg.tracking.enabled),
         "startup_seconds": (steady["started_at"].iloc[0] - t_start).total_seconds(),
         "wall_seconds": wall,
         "trials_per_hour": 3600.0 / per_trial,
@@ -229,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolution", default="64x64")
     parser.add_argument("--objective", default="scene")
     parser.add_argument("--only", choices=("reload", "framework"), default=None)
+    parser.add_argument(
+        "--no-tracking", action="store_true", help="framework without MLflow (to size its share)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
 

@@ -645,7 +645,9 @@ class StudyTracker:
         known = self._children.get(parent_run_id)
         if known is None:
             known = self.trial_runs(parent_run_id)
-        run_id = known.get(trial_id) or self.find_trial(parent_run_id, trial_id)
+        # Not in the listing: create it, then look again. A run another process made since
+        # the listing shows up in that second look, and the older of the two is kept.
+        run_id = known.get(trial_id)
         fresh = False
         if run_id is None:
             if parent_run_id not in self._study_of:
