@@ -224,10 +224,10 @@ def test_processes_sharing_a_new_sqlite_store(tmp_path):
     )
     procs = [
         subprocess.Popen([sys.executable, "-c", code, f"t{i}"], stderr=subprocess.PIPE)
-        for i in range(3)
+        for i in range(2)
     ]
     errors = [p.communicate(timeout=300)[1].decode() for p in procs]
-    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert [p.returncode for p in procs] == [0, 0], errors
     tracker = StudyTracker(uri, "shared")
     assert len(_studies(tracker, "s")) == 1
-    assert sorted(tracker.trial_runs(tracker.find_study("s"))) == ["t0", "t1", "t2"]
+    assert sorted(tracker.trial_runs(tracker.find_study("s"))) == ["t0", "t1"]
