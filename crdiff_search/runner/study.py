@@ -6,6 +6,7 @@ import json
 import math
 import os
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,8 @@ def _search_alg(config: ExperimentConfig, groups):
     from crdiff_search.samplers import create_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The dense point (all ratios 0) may lie below the search range on purpose.
+    warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     space = {g: FloatDistribution(*config.ratios.bounds(g)) for g in groups}
     sampler = create_sampler(
         config.search.sampler, seed=config.search.seed, **dict(config.search.sampler_options)
@@ -316,6 +319,9 @@ def run_study(
         if started_ray:
             ray.shutdown()
         result = summarize(table_path, out, config, groups, tracking)
+        finished = sum(result.states.get(k, 0) for k in ("COMPLETE", "FAILED", "PRUNED"))
+        if status == "FINISHED" and finished < config.search.trials:
+            status = "KILLED"  # interrupted: --resume continues it
         if tracker is not None:
             _finish_tracking(tracker, tracking["parent_run_id"], result, status)
     return result
