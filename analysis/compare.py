@@ -299,6 +299,7 @@ def run_comparison(
     out_dir: str | Path,
     *,
     collect: Sequence[str | Path] = (),
+    collect_mlflow: Sequence[tuple[str, str]] = (),
     address: str | None = None,
     progress: bool = False,
     share: float = DEFAULT_SHARE,
@@ -314,6 +315,13 @@ def run_comparison(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     collected = [str(p) for p in find_study_tables(collect)] if collect else []
+    from_mlflow: dict[str, Any] = {}
+    for uri, experiment in collect_mlflow:  # read before Ray starts: a bad name fails early
+        from analysis.mlflow_source import mlflow_study_tables
+
+        for study_id, frame in mlflow_study_tables(uri, experiment).items():
+            from_mlflow[f"mlflow:{experiment}:{study_id}"] = frame
+            collected.append(f"mlflow:{experiment}:{study_id}")
     studies = plan.studies if plan is not None else ()
     statuses = {s.name: study_status(s) for s in studies}  # settings clash: fail before Ray
     if plan is not None:
@@ -389,7 +397,10 @@ def run_comparison(
                 "seed": study.seed,
                 "early_stopping": study.early_stopping,
             }
-    for path in collected:
+    for name, frame in from_mlflow.items():
+        sources[name] = frame
+        labels[name] = {"early_stopping": frame.attrs.get("early_stopping", None)}
+    for path in (c for c in collected if c not in from_mlflow):
         name = f"collected:{path}"
         sources[name] = Path(path)
     if not sources:

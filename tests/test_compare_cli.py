@@ -263,3 +263,35 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(experiment, tmp_pat
     again = run_comparison(bigger, tmp_path, run=False, log=lambda _: None)
     assert calls == [] and again.ran == ()
     assert sorted(pd.read_parquet(again.table_path)["seed"].unique()) == [0, 1]
+
+
+def test_studies_are_collected_from_mlflow(tmp_path, capsys):
+    from crdiff_search.tracking import StudyTracker
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = StudyTracker(uri, "old-studies")
+    for sampler, top in (("anneal", 0.9), ("random", 0.4)):
+        parent = tracker.start_study(
+            f"tb-{sampler}",
+            params={"search.sampler": sampler, "search.seed": 3, "search.early_stopping": False},
+        )
+        for i, score in enumerate([0.1, top, 0.2]):
+            tracker.log_trial(
+                parent,
+                f"t{i}",
+                params={"ratio.down": 0.1 * i, "ratio.up": 0.2 * i},
+                metrics={"score": score, "score_delta": score - 0.1, "n_images": 4},
+                timings={"total": 1.5},
+            )
+        tracker.finish_study(parent)
+    out = tmp_path / "cmp"
+    argv = ["compare", "--collect-mlflow", "old-studies", "--tracking-uri", uri, "--out", str(out)]
+    assert main(argv) == 0
+    assert "collected 2" in capsys.readouterr().out
+    table = pd.read_parquet(out / TABLE)
+    assert table.groupby("method")["best_so_far"].max().to_dict() == {"anneal": 0.9, "random": 0.4}
+    assert set(table["seed"]) == {3} and table["trial_number"].max() == 3
+    assert table["ratio.up"].tolist()[:3] == [0.0, 0.2, 0.4]
+    assert table["t_total"].tolist()[0] == 1.5
+    assert main([*argv[:2], "nope", *argv[3:]]) == 2
+    assert "no MLflow experiment 'nope'" in capsys.readouterr().err

@@ -59,6 +59,13 @@ def register(subparsers) -> None:
         help="run nothing: the table and report from the studies already complete",
     )
     parser.add_argument(
+        "--collect-mlflow",
+        nargs="+",
+        metavar="EXPERIMENT",
+        default=None,
+        help="add the studies logged in these MLflow experiments (at --tracking-uri)",
+    )
+    parser.add_argument(
         "--collect",
         nargs="+",
         metavar="DIR",
@@ -138,7 +145,8 @@ def _compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--trials must be >= 2 (trial 0 is the dense model), got {args.trials}")
     from analysis.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
 
-    run = args.samplers is not None or not args.collect
+    collecting = bool(args.collect or args.collect_mlflow)
+    run = args.samplers is not None or not collecting
     samplers = parse_samplers(args.samplers or DEFAULT_SAMPLERS) if run else ()
     seeds = parse_seeds(args.seeds)
     plan = None
@@ -173,12 +181,19 @@ def _compare(args: argparse.Namespace) -> int:
         )
     elif out is None:
         raise UsageError("--collect without --samplers needs --out DIR for the table and report")
+    mlflow_sources = []
+    if args.collect_mlflow:
+        from crdiff_search.tracking import resolve_tracking_uri
+
+        uri = resolve_tracking_uri(args.tracking_uri)
+        mlflow_sources = [(uri, name) for name in args.collect_mlflow]
 
     try:
         result = run_comparison(
             plan,
             out,
             collect=args.collect or (),
+            collect_mlflow=mlflow_sources,
             address=args.address,
             progress=args.progress,
             share=args.share,
