@@ -175,6 +175,14 @@ def render_html(blocks: Sequence[object], title: str) -> str:
     )
 
 
+def _verdict(p: float, p_holm: float) -> str:
+    if p_holm < ALPHA:
+        return f"significant at {ALPHA} after Holm"
+    if p < ALPHA:
+        return f"significant at {ALPHA} alone, not after Holm"
+    return f"not significant at {ALPHA}"
+
+
 def _findings(
     summary: pd.DataFrame, kruskal: Mapping[str, float], pairs: pd.DataFrame, maximize: bool
 ) -> list[str]:
@@ -201,7 +209,8 @@ def _findings(
         p_better = row["p_a_better"] if sign > 0 else 1.0 - row["p_a_better"]
         lines.append(
             f"{lead['method']} vs {other}: shift {fmt(sign * row['shift'])}, "
-            f"P(better) = {p_better:.2f}, p = {_p(row['p'])} (Holm {_p(row['p_holm'])})."
+            f"P(better) = {p_better:.2f}, p = {_p(row['p'])} (Holm {_p(row['p_holm'])}): "
+            f"{_verdict(row['p'], row['p_holm'])}."
         )
     if "uniform" in set(summary["method"]) and len(summary) > 1:
         uni = summary.set_index("method").loc["uniform"]
@@ -218,7 +227,8 @@ def _findings(
                 f"Block-wise vs uniform: the best block-wise method ({block['method']}, median "
                 f"{fmt(block['median'])}) {'beats' if better else 'does not beat'} uniform "
                 f"(median {fmt(uni['median'])}) by a shift of {fmt(sign * row['shift'])}, "
-                f"p = {_p(row['p'])} (Holm {_p(row['p_holm'])})."
+                f"p = {_p(row['p'])} (Holm {_p(row['p_holm'])}): "
+                f"{_verdict(row['p'], row['p_holm'])}."
             )
     return lines
 

@@ -94,6 +94,7 @@ def test_report_writes_markdown_html_pngs_and_tables(table, tmp_path):
     assert "- resolution: 64x64" in text
     assert "Best median final score: **anneal**" in text
     assert "Block-wise vs uniform: the best block-wise method (anneal" in text and "beats" in text
+    assert "uniform (median" in text and "p = 0.100 (Holm 0.300): not significant at 0.05" in text
     for name in ("best_vs_trial", "best_vs_images", "best_vs_wall", "final_best", "landscape"):
         path = report.figures[name]
         data = path.read_bytes()
