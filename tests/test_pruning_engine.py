@@ -91,10 +91,11 @@ def test_apply_equals_direct_kthvalue(unet, cache, dtype):
         assert torch.equal(mask, expected[name] != 0)
 
 
-def test_restore_is_bit_exact_and_a_then_b_equals_b(unet, base_unet):
+@pytest.mark.parametrize("swap", [True, False])
+def test_restore_is_bit_exact_and_a_then_b_equals_b(unet, base_unet, swap):
     dense = state(unet)
     part = build_partition(unet, "paper")
-    pruner = Pruner(unet, part)
+    pruner = Pruner(unet, part, swap=swap)
     pruner.apply_(RATIOS_A).apply_(RATIOS_B)
     only_b = fresh_unet()
     Pruner(only_b, build_partition(only_b, "paper")).apply_(RATIOS_B)
@@ -284,3 +285,27 @@ def test_keep_masks_after_apply_reuse_the_threshold(unet, monkeypatch):
             assert torch.equal(shared[name], dense[name])
             assert torch.equal(params[name] != 0, mask)
     assert_bit_equal(state(unet), dense)
+
+
+def test_swap_points_parameters_at_dense_or_work_storage(unet):
+    params = dict(unet.named_parameters())
+    name = build_partition(unet, "paper").groups["up"][0]
+    original = params[name].data_ptr()
+    swapping = Pruner(unet, "paper")
+    assert swapping.dense_tensor(name).data_ptr() == original  # no copy of the dense weights
+    swapping.apply_(RATIOS_A)
+    assert params[name].data_ptr() != original
+    swapping.restore_()
+    assert params[name].data_ptr() == original
+    swapping.apply_(RATIOS_A)
+    params[name].data = params[name].data.clone()  # some other code replaced the storage
+    with pytest.raises(RuntimeError, match="new storage"):
+        swapping.apply_(RATIOS_B)
+
+    other = fresh_unet()
+    fixed = dict(other.named_parameters())[name]
+    ptr = fixed.data_ptr()
+    copying = Pruner(other, "paper", swap=False)
+    copying.apply_(RATIOS_A).apply_(RATIOS_B).restore_()
+    assert fixed.data_ptr() == ptr
+    assert copying.dense_tensor(name).data_ptr() != ptr

@@ -2,8 +2,12 @@
 
 Design (measured on the SD1.5 UNet, see ``benchmarks/pruning.py``):
 
-* A backup of every selected dense tensor is taken once. Every ``apply_`` computes from it, so
-  applying B after A gives exactly B, and ``restore_`` is one ``copy_`` per tensor (bit exact).
+* Every selected tensor exists twice: the dense values and a work buffer. Every ``apply_``
+  computes the work buffer from the dense values, so applying B after A gives exactly B. With
+  ``swap=True`` (default) the parameter *points* at the dense tensor or at the work buffer
+  (``param.data = ...``): ``restore_`` is a pointer swap (bit exact, no copy) and a move costs one
+  pass over the weights. ``swap=False`` keeps the parameter's storage fixed (for compiled or
+  captured graphs) and restores by ``copy_``.
 * ``cache="sorted"`` also keeps, per threshold pool (a group, or a tensor for per-tensor
   criteria), the sorted scores. A new ratio then costs an index lookup for the threshold plus one
   fused masked copy per tensor; no ``kthvalue`` and no reload. ``cache="none"`` drops the sorted
@@ -56,7 +60,9 @@ class Pruner:
 
     ``model`` is the denoiser (or a pipeline holding one); ``partition`` a
     :class:`search_spaces.Partition` of it (or a granularity name). Build the Pruner after moving
-    or casting the model: the backup lives on the model's device, in its dtype.
+    or casting the model: both copies live on the model's device, in its dtype. With
+    ``swap=True`` the selected parameters alternate between two storages (the parameter objects
+    stay the same); pass ``swap=False`` when something captured their storage (CUDA graphs).
     """
 
     def __init__(
@@ -67,11 +73,13 @@ class Pruner:
         criterion: str | Criterion = "magnitude",
         cache: str = "sorted",
         seed: int = 0,
+        swap: bool = True,
     ) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"unknown cache mode {cache!r}; valid: {', '.join(CACHE_MODES)}")
         self.criterion = create_criterion(criterion, seed=seed)
         self.cache = cache
+        self.swap = bool(swap)
         if not isinstance(model, nn.Module):
             from crdiff_search.models import denoiser_of
 
@@ -95,7 +103,13 @@ class Pruner:
         if bad:
             raise UsageError(f"cannot prune {bad[0]!r}: not a floating-point tensor with data")
         with torch.no_grad():
-            self._dense = {n: p.detach().clone() for n, p in self._params.items()}
+            if self.swap:
+                # the model's own storage becomes the dense copy; pruned values go to a new buffer
+                self._dense = {n: p.data for n, p in self._params.items()}
+                self._work = {n: torch.empty_like(d) for n, d in self._dense.items()}
+            else:
+                self._dense = {n: p.detach().clone() for n, p in self._params.items()}
+                self._work = {n: p.data for n, p in self._params.items()}
             self._dense_zeros = {
                 n: int(torch.count_nonzero(d == 0)) for n, d in self._dense.items()
             }
@@ -132,14 +146,13 @@ class Pruner:
                 if k == self._k[i]:
                     continue
                 if k == 0:
-                    for name in pool.names:
-                        self._params[name].data.copy_(self._dense[name])
+                    self._restore_pool(pool)
                 else:
                     threshold = self._threshold(i, k)
                     for name in pool.names:
-                        self.criterion.prune_into(
-                            name, self._dense[name], threshold, self._params[name].data
-                        )
+                        work = self._work[name]
+                        self.criterion.prune_into(name, self._dense[name], threshold, work)
+                        self._params[name].data = work
                 self._k[i] = k
         self._ratios = ratios
         return self
@@ -150,8 +163,7 @@ class Pruner:
         with torch.no_grad():
             for i, pool in enumerate(self._pools):
                 if self._k[i]:
-                    for name in pool.names:
-                        self._params[name].data.copy_(self._dense[name])
+                    self._restore_pool(pool)
                     self._k[i] = 0
         self._ratios = dict.fromkeys(self.groups, 0.0)
         return self
@@ -188,7 +200,8 @@ class Pruner:
         return masks
 
     def dense_tensor(self, param_name: str) -> torch.Tensor:
-        """The saved dense weight (the engine's own copy: read it, never modify it)."""
+        """The saved dense weight (the engine's own tensor, no copy: read it, never modify it;
+        with ``swap=True`` it is the parameter's storage whenever the group is dense)."""
         try:
             return self._dense[param_name]
         except KeyError:
@@ -236,7 +249,8 @@ class Pruner:
         return pd.DataFrame(rows)
 
     def extra_memory_bytes(self) -> dict[str, int]:
-        """Bytes the engine holds besides the model: dense backup and sorted-score cache."""
+        """Bytes the engine adds to the model: the second copy of the selected tensors (work
+        buffer or dense backup) and the sorted-score cache."""
         backup = sum(t.numel() * t.element_size() for t in self._dense.values())
         cache = sum(
             p.sorted_scores.numel() * p.sorted_scores.element_size()
@@ -248,10 +262,18 @@ class Pruner:
     def __repr__(self) -> str:
         return (
             f"Pruner({type(self.model).__name__}, partition={self.partition.name!r}, "
-            f"criterion={self.criterion.name!r}, cache={self.cache!r}, groups={list(self.groups)})"
+            f"criterion={self.criterion.name!r}, cache={self.cache!r}, swap={self.swap}, "
+            f"groups={list(self.groups)})"
         )
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _restore_pool(self, pool: _Pool) -> None:
+        for name in pool.names:
+            if self.swap:
+                self._params[name].data = self._dense[name]
+            else:
+                self._params[name].data.copy_(self._dense[name])
 
     def _make_pools(self) -> list[_Pool]:
         pools = []
@@ -306,4 +328,9 @@ class Pruner:
                     f"{name!r} changed device, dtype or shape since the Pruner was built "
                     f"({d.dtype} on {d.device} -> {p.dtype} on {p.device}); build a new Pruner "
                     "after moving or casting the model"
+                )
+            if self.swap and p.data_ptr() not in (d.data_ptr(), self._work[name].data_ptr()):
+                raise RuntimeError(
+                    f"{name!r} was given new storage since the Pruner was built (weights loaded "
+                    "or swapped by other code); build a new Pruner"
                 )
