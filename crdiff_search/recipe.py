@@ -29,7 +29,7 @@ from crdiff_search.errors import UsageError
 RECIPE_VERSION = 1
 GRANULARITIES = ("paper", "block", "kind")
 PRUNABLE_KINDS = ("self_attn", "cross_attn", "ff", "resnet")
-CRITERIA = ("magnitude",)
+CRITERIA = ("magnitude", "magnitude-tensor", "random")  # crdiff_search.pruning.CRITERION_NAMES
 _RESOLUTION_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 

@@ -1,0 +1,512 @@
+"""Re-rank a finished study's best candidates with POA on held-out prompts, and pick a winner.
+
+The search scored candidates on a small prompt set; its top ``k`` trials are scored again on a
+larger, different set (other prompts, other seeds), each at several POA weights ``w``, next to
+two references: the dense model and each candidate without POA (``w = 1``). Every row sees the
+same prompts and seeds. Candidates run as Ray tasks (one per candidate, all its weights in one
+loaded worker); the table is saved in the study folder and logged under the study's MLflow run.
+
+Example::
+
+    result = rerank("runs/testbed", top_k=3, weights=(1.0, 1.5, 2.0), n_prompts=64)
+    print(result.table)            # ranked, best first
+    print(result.winner)           # {"trial_id": ..., "w": 1.5, "score": ..., ...}
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crdiff_search.errors import UsageError
+
+DEFAULT_WEIGHTS = (1.0, 1.25, 1.5, 2.0)
+DEFAULT_TOP_K = 5
+DEFAULT_HELDOUT_PROMPTS = 64
+HELDOUT_SEED_OFFSET = 10_000  # held-out prompts and generation seeds differ from the search's
+RERANK_TABLE = "rerank.parquet"
+RERANK_CSV = "rerank.csv"
+RERANK_FILE = "rerank.json"
+RERANK_GRID = "rerank_compare.png"
+N_SHOW = 8  # images per row kept for the comparison grid
+
+
+@dataclass
+class RerankResult:
+    table: Any  # pandas.DataFrame, ranked best first
+    winner: dict[str, Any]
+    dense_score: float
+    out_dir: Path
+    run_id: str | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def parse_weights(text: str | Sequence[float]) -> tuple[float, ...]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    try:
+        weights = tuple(float(x) for x in items if str(x).strip())
+    except ValueError:
+        raise UsageError(
+            f"--w {text!r} must be comma-separated numbers, e.g. 1.0,1.25,1.5,2.0"
+        ) from None
+    if not weights or not all(math.isfinite(w) for w in weights):
+        raise UsageError(f"--w {text!r} must hold at least one finite number")
+    return tuple(dict.fromkeys(weights))
+
+
+def load_study(study_dir: str | Path):
+    """``(config, study_id, trials DataFrame)`` of a study output folder."""
+    import pandas as pd
+
+    from crdiff_search.config import ExperimentConfig
+    from crdiff_search.runner.study import CONFIG_FILE, STUDY_FILE, TABLE_FILE
+
+    folder = Path(study_dir)
+    missing = [n for n in (TABLE_FILE, CONFIG_FILE, STUDY_FILE) if not (folder / n).is_file()]
+    if missing:
+        raise UsageError(
+            f"{str(folder)!r} is not a finished study folder: missing {', '.join(missing)} "
+            "(run `crdiff search --out DIR` first)"
+        )
+    config = ExperimentConfig.from_toml((folder / CONFIG_FILE).read_text(), base_dir=folder)
+    study_id = json.loads((folder / STUDY_FILE).read_text())["study_id"]
+    return config, study_id, pd.read_parquet(folder / TABLE_FILE)
+
+
+def top_trials(trials, groups: Sequence[str], k: int, mode: str) -> list[dict[str, Any]]:
+    """The ``k`` best completed, non-dense trials (ties: earlier trial first)."""
+    if k < 1:
+        raise UsageError(f"--top-k {k} must be at least 1")
+    done = trials[(trials["state"] == "COMPLETE") & trials["score"].notna()].copy()
+    cols = [f"ratio.{g}" for g in groups]
+    done = done[(done[cols].fillna(0.0) > 0).any(axis=1)]
+    if done.empty:
+        raise UsageError("the study has no completed pruned trial to re-rank")
+    done = done.sort_values(["score", "trial_index"], ascending=[mode == "min", True]).head(k)
+    return [
+        {
+            "trial_id": str(row["trial_id"]),
+            "trial_index": int(row["trial_index"]),
+            "search_score": float(row["score"]),
+            "ratios": {g: float(row[f"ratio.{g}"] or 0.0) for g in groups},
+        }
+        for row in done.to_dict("records")
+    ]
+
+
+def heldout_prompts(
+    config, *, n: int | None, prompts_file: str | None
+) -> tuple[list[str], list[int]]:
+    """Held-out prompts and seeds: a file, the testbed's grammar with another seed, or the
+    prompts of the study's own file beyond those the search used."""
+    from crdiff_search.config import read_prompt_file
+
+    if prompts_file:
+        prompts = read_prompt_file(prompts_file)
+        if n:
+            prompts = prompts[:n]
+    elif config.model.source == "testbed":
+        from crdiff_search.testbed.scenes import sample_captions
+
+        count = n or max(DEFAULT_HELDOUT_PROMPTS, 2 * config.prompts.count)
+        prompts = list(sample_captions(count, config.search.seed + HELDOUT_SEED_OFFSET))
+    elif config.prompts.file:
+        pool = read_prompt_file(config.prompts.file)[config.prompts.count :]
+        if not pool:
+            raise UsageError(
+                f"the study used every prompt of {config.prompts.file!r}: pass --prompts FILE "
+                "with held-out prompts"
+            )
+        prompts = pool[: n or max(DEFAULT_HELDOUT_PROMPTS, 2 * config.prompts.count)]
+    else:
+        raise UsageError("this study has no held-out prompts: pass --prompts FILE")
+    if not prompts:
+        raise UsageError("the held-out prompt set is empty")
+    base = config.search.seed + HELDOUT_SEED_OFFSET
+    return prompts, [base + i for i in range(len(prompts))]
+
+
+def _task_settings(config, prompts, seeds) -> dict[str, Any]:
+    from crdiff_search.runner.study import _absolute_source
+    from crdiff_search.runner.worker import plugin_paths
+
+    data = config.to_dict()
+    data["model"]["source"] = _absolute_source(config.model.source)
+    chunk = config.prompts.chunk_size or len(prompts)
+    return {
+        "config": data,
+        "prompts": list(prompts),
+        "seeds": list(seeds),
+        "chunks": [(i, min(i + chunk, len(prompts))) for i in range(0, len(prompts), chunk)],
+        "width": config.width,
+        "height": config.height,
+        "plugin_paths": plugin_paths(config.plugins),
+    }
+
+
+def evaluate_candidate(
+    settings: dict[str, Any], candidate: dict[str, Any] | None, weights: Sequence[float]
+) -> list[dict[str, Any]]:
+    """Score the dense model (``candidate=None``) or one candidate at each POA weight, in the
+    calling process (a Ray task's body). Rows carry per-objective values and a few images."""
+    from crdiff_search.apply import apply_recipe
+    from crdiff_search.recipe import Recipe
+    from crdiff_search.runner.worker import worker_state
+
+    state, _ = worker_state(settings)
+    prompts = settings["prompts"]
+
+    def measure() -> dict[str, Any]:
+        import numpy as np
+
+        t_generate, t_score = 0.0, 0.0
+        images, parts = [], {}
+        for start, stop in settings["chunks"]:
+            t0 = time.perf_counter()
+            chunk = state.generate(settings, start, stop)
+            t1 = time.perf_counter()
+            for name, scores in state.score(chunk, prompts[start:stop]).items():
+                parts.setdefault(name, []).extend(scores.tolist())
+            t_generate += t1 - t0
+            t_score += time.perf_counter() - t1
+            images.extend(chunk[: max(0, N_SHOW - len(images))])
+
+        per = {k: np.asarray(v) for k, v in parts.items()}
+        return {
+            "score": state.combine(per),
+            **{f"obj.{name}": float(obj.aggregate(per[name])) for name, _, obj in state.objectives},
+            "t_generate": t_generate,
+            "t_score": t_score,
+            "images": images,
+        }
+
+    if candidate is None:
+        from crdiff_search.models import denoiser_of
+        from crdiff_search.recipe import state_dict_digest
+
+        row = {"kind": "dense", "trial_id": "dense", "w": None, **measure()}
+        row["model_revision"] = "sha256:" + state_dict_digest(denoiser_of(state.pipe))
+        return [row]
+    cfg = settings["config"]
+    rows = []
+    for w in weights:
+        recipe = Recipe(
+            model=cfg["model"]["source"],
+            width=settings["width"],
+            height=settings["height"],
+            ratios=candidate["ratios"],
+            partition={
+                "granularity": cfg["partition"]["granularity"],
+                "include": list(cfg["partition"]["include"]) or None,
+                "n_groups": cfg["partition"]["n_groups"] or None,
+            },
+            criterion=cfg["partition"]["criterion"],
+            poa_w=w,
+        )
+        with apply_recipe(state.pipe, recipe, pruner=state.pruner):
+            result = measure()
+        rows.append(
+            {
+                "kind": "pruned" if w == 1.0 else "poa",
+                "trial_id": candidate["trial_id"],
+                "w": float(w),
+                **result,
+            }
+        )
+    return rows
+
+
+def rerank(
+    study_dir: str | Path,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    prompts_file: str | None = None,
+    n_prompts: int | None = None,
+    address: str | None = None,
+    log_mlflow: bool = True,
+) -> RerankResult:
+    """Re-rank the study in ``study_dir``; writes ``rerank.parquet``/``.csv``/``.json`` and a
+    comparison grid there and returns the ranked table and the winner."""
+    import pandas as pd
+
+    weights = parse_weights(weights)
+    if 1.0 not in weights:
+        weights = (1.0, *weights)  # the candidate without POA is a reference row
+    folder = Path(study_dir).resolve()
+    config, study_id, trials = load_study(folder)
+    groups = tuple(c[len("ratio.") :] for c in trials.columns if c.startswith("ratio."))
+    mode = config.objective.mode
+    candidates = top_trials(trials, groups, top_k, mode)
+    prompts, seeds = heldout_prompts(config, n=n_prompts, prompts_file=prompts_file)
+    settings = _task_settings(config, prompts, seeds)
+
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+        if address is None:
+            kwargs["num_cpus"] = max(1, os.cpu_count() or 1)
+            address = "local"
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        _init_ray(ray, address, kwargs)
+        started = True
+    try:
+        task = ray.remote(evaluate_candidate).options(
+            num_cpus=config.resources.cpu, num_gpus=config.resources.gpu
+        )
+        refs = [task.remote(settings, None, weights)]
+        refs += [task.remote(settings, c, weights) for c in candidates]
+        results = ray.get(refs)
+    finally:
+        if started:
+            ray.shutdown()
+
+    dense_row = results[0][0]
+    dense_score = float(dense_row["score"])
+    model_revision = dense_row.get("model_revision")
+    by_trial = {c["trial_id"]: c for c in candidates}
+    images = {}
+    records = []
+    for rows in results:
+        for row in rows:
+            cand = by_trial.get(row["trial_id"])
+            images[(row["trial_id"], row["w"])] = row.pop("images")
+            row.pop("model_revision", None)
+            record = {
+                "rank": 0,
+                "kind": row["kind"],
+                "trial_id": row["trial_id"],
+                "w": row["w"],
+                "score": row["score"],
+                "score_delta": row["score"] - dense_score,
+                "search_score": cand["search_score"] if cand else None,
+                **{f"ratio.{g}": (cand["ratios"].get(g, 0.0) if cand else 0.0) for g in groups},
+                **{k: v for k, v in row.items() if k.startswith("obj.")},
+                "n_images": len(prompts),
+                "t_generate": row["t_generate"],
+                "t_score": row["t_score"],
+            }
+            records.append(record)
+    table = pd.DataFrame.from_records(records)
+    table = table.sort_values("score", ascending=(mode == "min"), kind="stable").reset_index(
+        drop=True
+    )
+    table["rank"] = range(1, len(table) + 1)
+    ranked = table[table["kind"] != "dense"]
+    best = ranked.iloc[0].to_dict()
+    winner = {
+        "trial_id": best["trial_id"],
+        "w": float(best["w"]),
+        "ratios": by_trial[best["trial_id"]]["ratios"],
+        "score": float(best["score"]),
+        "score_delta": float(best["score_delta"]),
+        "pruned_score": float(
+            table[(table["trial_id"] == best["trial_id"]) & (table["w"] == 1.0)]["score"].iloc[0]
+        ),
+        "search_score": float(best["search_score"]),
+        "secondary": {k: float(v) for k, v in best.items() if str(k).startswith("obj.")},
+    }
+    files = [str(folder / RERANK_TABLE), str(folder / RERANK_CSV), str(folder / RERANK_FILE)]
+    table.to_parquet(folder / RERANK_TABLE, index=False)
+    table.to_csv(folder / RERANK_CSV, index=False)
+    from crdiff_search.commands.generate import compare_grid
+
+    poa_w = best["w"] if best["w"] != 1.0 else max(weights)
+    columns = {
+        "dense": images[("dense", None)],
+        "pruned": images[(best["trial_id"], 1.0)],
+        f"POA w={poa_w:g}": images[(best["trial_id"], poa_w)],
+    }
+    grid = compare_grid(columns, prompts[: len(columns["dense"])])
+    grid.save(folder / RERANK_GRID)
+    files.append(str(folder / RERANK_GRID))
+    info = {
+        "study_id": study_id,
+        "study": config.study,
+        "model": config.model.source,
+        "model_revision": model_revision,
+        "resolution": config.resolution,
+        "objective": _objective_name(config),
+        "mode": mode,
+        "weights": list(weights),
+        "top_k": top_k,
+        "n_prompts": len(prompts),
+        "prompt_seed_base": seeds[0],
+        "dense_score": dense_score,
+        "winner": winner,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    run_id = None
+    if log_mlflow and config.tracking.enabled:
+        run_id = _log_mlflow(config, study_id, table, info, grid)
+        info["rerank_run_id"] = run_id
+    (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return RerankResult(table, winner, dense_score, folder, run_id, files)
+
+
+def _init_ray(ray, address: str, kwargs: dict[str, Any], attempts: int = 3) -> None:
+    # On a loaded machine a local node can miss Ray's fixed 30 s registration window; a second
+    # start usually succeeds.
+    for attempt in range(attempts):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
+            time.sleep(2.0)
+
+
+def _objective_name(config) -> str:
+    names = config.objective.names
+    if len(names) == 1:
+        return names[0]
+    return "+".join(f"{w:g}*{n}" for n, w in zip(names, config.objective.weights, strict=True))
+
+
+def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
+    from crdiff_search.tracking import StudyTracker, resolve_tracking_uri
+
+    tracker = StudyTracker(resolve_tracking_uri(config.tracking.uri), config.tracking_experiment)
+    parent = tracker.find_study(study_id)
+    client = tracker.client
+    tags = {"crdiff.study_id": study_id, "crdiff.kind": "rerank"}
+    if parent:
+        tags["mlflow.parentRunId"] = parent
+    run = client.create_run(tracker.experiment_id, run_name=f"rerank {config.study}", tags=tags)
+    run_id = run.info.run_id
+    from mlflow.entities import Metric, Param
+
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric("dense_score", info["dense_score"], now, 0),
+        Metric("winner_score", info["winner"]["score"], now, 0),
+        Metric("winner_score_delta", info["winner"]["score_delta"], now, 0),
+    ]
+    for row in table.to_dict("records"):
+        if row["kind"] == "dense":
+            continue
+        metrics.append(
+            Metric(f"score.{row['trial_id']}.w{row['w']:g}", float(row["score"]), now, 0)
+        )
+    params = [
+        Param("winner_trial_id", info["winner"]["trial_id"]),
+        Param("winner_w", str(info["winner"]["w"])),
+        Param("n_prompts", str(info["n_prompts"])),
+        Param("weights", ",".join(f"{w:g}" for w in info["weights"])),
+        Param("top_k", str(info["top_k"])),
+    ]
+    client.log_batch(run_id, metrics=metrics, params=params)
+    client.log_text(run_id, table.to_csv(index=False), "rerank.csv")
+    client.log_dict(run_id, info, "rerank.json")
+    if grid is not None:
+        client.log_image(run_id, grid, "images/rerank_compare.png")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def format_table(table, groups: Sequence[str] | None = None) -> str:
+    cols = ["rank", "kind", "trial_id", "w", "score", "score_delta", "search_score"]
+    cols += [c for c in table.columns if c.startswith("ratio.") or c.startswith("obj.")]
+    view = table[cols].copy()
+    return view.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
+
+
+def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True):
+    """The study's winner as a :class:`~crdiff_search.recipe.Recipe`: from ``rerank.json``
+    (re-ranked, with POA), or with ``use_rerank=False`` the best search trial at ``w = 1``."""
+    from crdiff_search.recipe import Recipe, code_version, model_fingerprint, utc_now
+
+    folder = Path(study_dir).resolve()
+    config, study_id, trials = load_study(folder)
+    groups = tuple(c[len("ratio.") :] for c in trials.columns if c.startswith("ratio."))
+    source = _absolute_model(config.model.source)
+    if use_rerank:
+        path = folder / RERANK_FILE
+        if not path.is_file():
+            raise UsageError(
+                f"{str(folder)!r} has no {RERANK_FILE}: run `crdiff rerank {study_dir}` first, "
+                "or export the best search trial with --no-rerank"
+            )
+        info = json.loads(path.read_text())
+        win = info["winner"]
+        ratios, w, trial_id = win["ratios"], win["w"], win["trial_id"]
+        scores = {
+            "dense": info["dense_score"],
+            "pruned": win["pruned_score"],
+            "recipe": win["score"],
+            "search": win["search_score"],
+        }
+        scores.update({f"secondary.{k}": v for k, v in win.get("secondary", {}).items()})
+        revision = info.get("model_revision")
+        run_id = info.get("rerank_run_id")
+    else:
+        best = top_trials(trials, groups, 1, config.objective.mode)[0]
+        ratios, w, trial_id = best["ratios"], 1.0, best["trial_id"]
+        dense = trials[(trials["state"] == "COMPLETE") & (trials["trial_index"] == 0)]
+        scores = {"recipe": best["search_score"], "search": best["search_score"]}
+        if not dense.empty:
+            scores["dense"] = float(dense["score"].iloc[0])
+        revision, run_id = None, None
+    if run_id is None:
+        run_id = _parent_run_id(config, study_id)
+    if revision is None:
+        weights_dir = source
+        if source == "testbed":
+            from crdiff_search.testbed import WEIGHTS_DIR
+
+            weights_dir = str(WEIGHTS_DIR)
+        revision = model_fingerprint(weights_dir)
+    p = config.partition
+    return Recipe(
+        model=source,
+        model_revision=revision,
+        width=config.width,
+        height=config.height,
+        partition={
+            "granularity": p.granularity,
+            "include": list(p.include) or None,
+            "n_groups": p.n_groups or None,
+        },
+        criterion=p.criterion,
+        ratios={g: float(r) for g, r in ratios.items() if g in groups or not groups},
+        poa_w=float(w),
+        objective=_objective_name(config),
+        higher_is_better=config.objective.mode == "max",
+        scores={k: float(v) for k, v in scores.items() if v is not None},
+        steps=config.model.steps,
+        guidance=config.model.guidance,
+        study_id=study_id,
+        run_id=run_id,
+        trial_id=str(trial_id),
+        code_version=code_version(),
+        created_at=utc_now(),
+    )
+
+
+def _absolute_model(source: str) -> str:
+    local = Path(source).expanduser()
+    return str(local.resolve()) if source != "testbed" and local.exists() else source
+
+
+def _parent_run_id(config, study_id: str) -> str | None:
+    if not config.tracking.enabled:
+        return None
+    try:
+        from crdiff_search.tracking import StudyTracker, resolve_tracking_uri
+
+        tracker = StudyTracker(
+            resolve_tracking_uri(config.tracking.uri), config.tracking_experiment
+        )
+        return tracker.find_study(study_id)
+    except Exception:
+        return None
