@@ -86,7 +86,7 @@ def _fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256(type(module).__qualname__.encode())
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy())
     return digest.hexdigest()[:16]
 
 
