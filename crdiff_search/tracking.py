@@ -306,6 +306,8 @@ class StudyTracker:
             self.experiment_id = self._ensure_experiment()
         self._children: dict[str, dict[str, str]] = {}
         self._study_of: dict[str, str] = {}
+        self._executor = None
+        self._pending: list = []
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -603,8 +605,8 @@ class StudyTracker:
         found = {
             tid: self._dedupe(group, f"trial {tid}").info.run_id for tid, group in by_trial.items()
         }
-        self._children[parent_run_id] = dict(found)
-        return found
+        self._children[parent_run_id] = found  # log_trial's cache, kept current
+        return dict(found)
 
     def find_trial(self, parent_run_id: str, trial_id: str) -> str | None:
         """The run id of ``trial_id`` under the study run, or None."""
@@ -642,9 +644,9 @@ class StudyTracker:
         """
         trial_id = str(trial_id)
         run_status = _status(state, TRIAL_STATES)
-        known = self._children.get(parent_run_id)
-        if known is None:
-            known = self.trial_runs(parent_run_id)
+        if parent_run_id not in self._children:
+            self.trial_runs(parent_run_id)
+        known = self._children[parent_run_id]
         # Not in the listing: create it, then look again. A run another process made since
         # the listing shows up in that second look, and the older of the two is kept.
         run_id = known.get(trial_id)
@@ -686,6 +688,36 @@ class StudyTracker:
         else:
             self._call("end trial run", self._client.set_terminated, run_id, run_status)
         return run_id
+
+    # -- background logging ---------------------------------------------------------------
+
+    def log_trial_async(self, *args, **kwargs):
+        """:meth:`log_trial` on a background thread (one, so calls keep their order); returns
+        a ``concurrent.futures.Future`` of the run id. A trial worker can start its next trial
+        while MLflow writes; call :meth:`flush` before the process ends (pending writes also
+        drain at a normal interpreter exit)."""
+        return self._submit(self.log_trial, *args, **kwargs)
+
+    def _submit(self, fn, *args, **kwargs):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdiff-mlflow")
+        future = self._executor.submit(fn, *args, **kwargs)
+        self._pending = [f for f in self._pending if not f.done()] + [future]
+        return future
+
+    def flush(self, timeout: float | None = None) -> list[BaseException]:
+        """Wait for background writes; returns their errors (empty when all succeeded)."""
+        from concurrent.futures import wait
+
+        pending, self._pending = self._pending, []
+        done, not_done = wait(pending, timeout=timeout)
+        errors = [f.exception() for f in done if f.exception() is not None]
+        if not_done:
+            errors.append(TimeoutError(f"{len(not_done)} MLflow writes still pending"))
+            self._pending = list(not_done)
+        return errors
 
     # -- images ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import io
 import os
 import socket
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -64,8 +65,12 @@ def test_resume_never_duplicates_parent_or_child_runs(db_uri):
     assert len(_studies(second, "s-resume")) == 1
     children = second.trial_runs(parent)
     assert sorted(children) == ["t0", "t1", "t2", "t3"]
-    runs = second._search(f"tags.`{PARENT_TAG}` = '{parent}'")
-    assert len(runs) == 4  # t0..t2 updated in place, t3 new
+    from mlflow.entities import ViewType
+
+    runs = second.client.search_runs(
+        [second.experiment_id], f"tags.`{PARENT_TAG}` = '{parent}'", run_view_type=ViewType.ALL
+    )
+    assert len(runs) == 4  # t0..t2 updated in place, t3 new; none created and deleted
     # updated, not duplicated: the latest score wins
     assert second.client.get_run(children["t1"]).data.metrics["score"] == 11.0
     tags = second.client.get_run(parent).data.tags
@@ -231,3 +236,25 @@ def test_processes_sharing_a_new_sqlite_store(tmp_path):
     tracker = StudyTracker(uri, "shared")
     assert len(_studies(tracker, "s")) == 1
     assert sorted(tracker.trial_runs(tracker.find_study("s"))) == ["t0", "t1"]
+
+
+def test_background_logging_keeps_order_and_flushes(db_uri):
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study("s-async", {}, {}, None)
+    futures = [
+        tracker.log_trial_async(
+            parent, f"t{i % 3}", {"down": 0.1 * (i % 3)}, {"score": float(i)}, {}
+        )
+        for i in range(6)
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no duplicate made and removed along the way
+        assert tracker.flush(timeout=120) == []
+    assert all(f.done() for f in futures)
+    runs = tracker.trial_runs(parent)
+    assert sorted(runs) == ["t0", "t1", "t2"]
+    # in order: the last write of each trial wins
+    assert tracker.client.get_run(runs["t2"]).data.metrics["score"] == 5.0
+    bad = tracker.log_trial_async(parent, "t9", {}, {}, {}, state="NOT-A-STATE")
+    errors = tracker.flush(timeout=60)
+    assert len(errors) == 1 and isinstance(errors[0], UsageError) and bad.done()
