@@ -132,6 +132,8 @@ def test_bad_grid_exits_2_before_contacting_ray(tmp_path, capsys):
     assert "huge" in capsys.readouterr().err
     assert main(["launch", str(tmp_path / "missing.toml")]) == 2
     assert time.monotonic() - start < 60
+    assert main(["launch", str(path), "--address", "ray://head:10001"]) == 2
+    assert "http://HEAD:8265" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["launch", str(path), "--poll-interval", "0"])
     assert exc.value.code == 2
@@ -172,3 +174,13 @@ def test_latest_attempt_picks_the_newest_resubmission():
     attempt, job = latest_attempt("crdiff-a-1234", jobs)
     assert attempt == 3 and job.status == "RUNNING"
     assert latest_attempt("crdiff-b-1", jobs) == (0, None)
+
+
+def test_shipped_grid_plans_one_job_per_model_and_resolution(tmp_path):
+    root = Path(__file__).resolve().parent.parent
+    plans = plan_grid(load_grid(root / "experiments" / "grid.toml", cwd=tmp_path))
+    assert len(plans) >= 2
+    keys = [(p.model, p.resolution) for p in plans]
+    assert len(set(keys)) == len(keys)
+    assert len({p.submission_id for p in plans}) == len(plans)
+    assert all(p.out_dir.parent == tmp_path / "runs" for p in plans)

@@ -511,6 +511,11 @@ def launch(
         raise UsageError(
             f"--poll-interval must be a positive number of seconds, got {poll_interval!r}"
         )
+    if address and address.startswith("ray://"):
+        raise UsageError(
+            f"--address {address!r} is a Ray Client address; the Jobs API is served by the "
+            "dashboard: --address http://HEAD:8265"
+        )
     grid = load_grid(grid_path)
     plans = plan_grid(grid)
     if dry_run:
