@@ -17,7 +17,8 @@ TINY_CLIP_CONFIG = {
     "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
 }
-TINY_IMAGEREWARD_VISION = {"width": 48, "depth": 2, "heads": 4, "patch": 16, "image_size": 224}
+# 64 px (4 x 4 patches) keeps tests fast; the real model and the parity test use 224.
+TINY_IMAGEREWARD_VISION = {"width": 48, "depth": 2, "heads": 4, "patch": 16, "image_size": 64}
 TINY_MED_CONFIG = {
     "architectures": ["BertModel"],
     "attention_probs_dropout_prob": 0.1,

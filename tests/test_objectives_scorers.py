@@ -105,7 +105,7 @@ def _documented(size: int):
     )
 
 
-@pytest.mark.parametrize("name, size", [("clip", 32), ("aesthetic", 32), ("imagereward", 224)])
+@pytest.mark.parametrize("name, size", [("clip", 32), ("aesthetic", 32), ("imagereward", 64)])
 def test_preprocessing_matches_the_documented_transform(scorers, images, name, size):
     for image in images[:2]:
         got = scorers[name].preprocess(image)
