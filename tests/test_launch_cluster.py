@@ -338,6 +338,7 @@ trials = 2
 """
 
 
+@pytest.mark.slow
 def test_launch_two_real_studies_logging_to_a_tracking_server(services, tmp_path, monkeypatch):
     """Two `crdiff search` jobs (one model at two resolutions) on the Ray head, both logging
     to the MLflow server; launching again skips both and adds no MLflow run."""

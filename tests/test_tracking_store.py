@@ -213,6 +213,7 @@ def test_mlflow_makes_no_network_calls_of_its_own():
         assert key in MLFLOW_ENV_DEFAULTS and key in os.environ
 
 
+@pytest.mark.slow
 def test_processes_sharing_a_new_sqlite_store(tmp_path):
     """Drivers and workers that open the same new store at once (a grid's jobs, a study's
     trial workers): the tables are created once and the study run stays unique."""
