@@ -182,6 +182,17 @@ def _load(settings: Mapping[str, Any]) -> WorkerState:
     for name, weight in zip(names, obj_cfg["weights"], strict=True):
         opts = options if len(names) == 1 else options.get(name, {})
         objectives.append((name, float(weight), create_objective(name, **opts)))
+    if len(objectives) == 1:
+        _, _, only = objectives[0]
+        wanted = "max" if only.higher_is_better else "min"
+        if settings["mode"] != wanted:
+            from crdiff_search.errors import UsageError
+
+            raise UsageError(
+                f"objective {only.name or names[0]!r} is "
+                f"{'higher' if only.higher_is_better else 'lower'}-is-better but "
+                f"objective.mode = {settings['mode']!r}; set objective.mode = {wanted!r}"
+            )
     LOADS += 1
     torch.set_grad_enabled(False)
     return WorkerState(
