@@ -146,6 +146,7 @@ def _task_settings(config, prompts, seeds) -> dict[str, Any]:
         "chunks": [(i, min(i + chunk, len(prompts))) for i in range(0, len(prompts), chunk)],
         "width": config.width,
         "height": config.height,
+        "mode": config.objective.mode,
         "plugin_paths": plugin_paths(config.plugins),
     }
 

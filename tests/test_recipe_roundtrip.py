@@ -76,7 +76,7 @@ def test_checksum_detects_tampering(tmp_path):
         ({"ratios": {"down": 1.0}}, "valid ratios are in"),
         ({"ratios": {}}, "non-empty"),
         ({"width": 0}, "positive integer"),
-        ({"criterion": "random"}, "criterion 'random' is unknown"),
+        ({"criterion": "l2"}, "criterion 'l2' is unknown"),
         ({"poa_w": float("inf")}, "poa_w"),
         ({"poa_window": (0.9, 0.1)}, "poa_window"),
         ({"scores": {"dense": float("nan")}}, "finite"),

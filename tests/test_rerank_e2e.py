@@ -1,0 +1,74 @@
+"""End to end on the testbed: a small search, rerank (Ray tasks), export, generate from the
+registry. Minutes on a loaded 2-core machine, hence ``slow``."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from crdiff_search.cli import main
+from crdiff_search.config import load_experiment
+from crdiff_search.recipe import Recipe
+from crdiff_search.registry import Registry
+
+pytestmark = pytest.mark.slow
+
+
+def test_search_rerank_export_generate(tmp_path, capsys):
+    from crdiff_search.runner import run_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = load_experiment(
+        None,
+        trials=3,
+        sampler="random",
+        tracking_uri=uri,
+        **{"resolution": "48x48", "model.steps": 2, "model.device": "cpu", "prompts.count": 2},
+    )
+    study = tmp_path / "study"
+    run_study(config, out_dir=study, progress=False)
+
+    assert main(["rerank", str(study), "--top-k", "1", "--w", "1.0,1.5", "--n-prompts", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "winner: trial" in out
+    table = pd.read_parquet(study / "rerank.parquet")
+    assert sorted(table["kind"]) == ["dense", "poa", "pruned"]
+    assert (table["n_images"] == 3).all() and list(table["rank"]) == [1, 2, 3]
+    info = json.loads((study / "rerank.json").read_text())
+    assert info["rerank_run_id"] and info["n_prompts"] == 3
+    run = Registry(uri).client.get_run(info["rerank_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] and "winner_score" in run.data.metrics
+    assert (study / "rerank_compare.png").is_file()
+
+    assert main(["export", str(study), "--registry", uri]) == 0
+    recipe = Registry(uri).get("testbed", "48x48", strict=True)
+    assert recipe.study_id == info["study_id"] and recipe.poa_w == info["winner"]["w"]
+    assert recipe.scores["dense"] == info["dense_score"]
+    assert recipe.model_revision.startswith("sha256:")
+
+    images = tmp_path / "images"
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                "testbed",
+                "--resolution",
+                "48x48",
+                "--prompt",
+                "two red circles",
+                "--registry",
+                uri,
+                "--compare",
+                "--out",
+                str(images),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(images / "000-two-red-circles.png").size == (48, 48)
+    assert (images / "compare.png").is_file()
+    assert Recipe.load(images / "recipe.json") == recipe
