@@ -170,9 +170,12 @@ def main(argv=None) -> int:
                 results[v]["sampling_peak_rss_mb"] / base["sampling_peak_rss_mb"]
             )
             summary[f"{v}_time_ratio"] = results[v]["step_s"] / base["step_s"]
+            # the fastest step of each: less sensitive to other load on a shared machine
+            summary[f"{v}_time_ratio_min"] = results[v]["step_s_min"] / base["step_s_min"]
         if "poa" in results:
             summary["memory_ratio_vs_dense"] = summary["poa_memory_ratio"]
             summary["time_ratio_vs_dense"] = summary["poa_time_ratio"]
+            summary["time_ratio_vs_dense_min"] = summary["poa_time_ratio_min"]
             summary["targets"] = TARGETS
             summary["meets_targets"] = all(summary[k] <= v for k, v in TARGETS.items())
     if args.json:
