@@ -22,8 +22,8 @@ def register(subparsers) -> None:
     )
     train.add_argument("--resolution", type=int, default=32)
     train.add_argument("--steps", type=int, default=4000)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=5e-4)
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=6e-4)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--save-every", type=int, default=250)
     train.add_argument("--log-every", type=int, default=25)
@@ -31,7 +31,12 @@ def register(subparsers) -> None:
         "--max-minutes", type=float, default=None, help="stop (and save) after this much wall time"
     )
     train.add_argument("--save-dtype", choices=("float16", "float32"), default="float16")
-    train.add_argument("--threads", type=int, default=2)
+    train.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (one thread trains faster on a busy machine)",
+    )
     train.set_defaults(func=_train)
 
     ev = sub.add_parser("eval", help="score the model at one or several sizes")

@@ -20,7 +20,7 @@ from pathlib import Path
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 TRAINING_RESOLUTION = (32, 32)
 DEFAULT_STEPS = 8
-DEFAULT_GUIDANCE = 3.0
+DEFAULT_GUIDANCE = 2.0
 
 
 def load_pipeline(*, device="cpu", dtype=None, folder=None):

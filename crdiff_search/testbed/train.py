@@ -29,8 +29,8 @@ class TrainConfig:
 
     resolution: int = 32
     steps: int = 4000
-    batch_size: int = 64
-    lr: float = 5e-4
+    batch_size: int = 32
+    lr: float = 6e-4
     warmup: int = 100
     min_lr_ratio: float = 0.1
     ema_decay: float = 0.999
@@ -42,7 +42,7 @@ class TrainConfig:
     log_every: int = 25
     max_minutes: float | None = None
     save_dtype: str = "float16"
-    threads: int = 2
+    threads: int = 1
 
     def validate(self) -> None:
         if not 8 <= self.resolution <= 256 or self.resolution % 8:
