@@ -379,6 +379,12 @@ def run_comparison(
             if not result.states.get("COMPLETE"):
                 failed[study.name] = f"no trial completed: {_first_error(result.table_path)}"
                 log(f"  {study.name}: {failed[study.name]}")
+            elif _finished_rows(result.table_path) < study.config.search.trials:
+                # Tune swallows Ctrl-C and returns early: stop here instead of starting the
+                # next study; running the command again resumes this one.
+                failed[study.name] = "stopped before its budget; run again to resume"
+                log(f"  {study.name}: {failed[study.name]}")
+                break
     finally:
         if started_ray:
             import ray

@@ -295,3 +295,32 @@ def test_studies_are_collected_from_mlflow(tmp_path, capsys):
     assert table["t_total"].tolist()[0] == 1.5
     assert main([*argv[:2], "nope", *argv[3:]]) == 2
     assert "no MLflow experiment 'nope'" in capsys.readouterr().err
+
+
+def test_an_interrupted_study_stops_the_comparison(experiment, tmp_path, monkeypatch):
+    import ray
+
+    from crdiff_search import runner
+    from crdiff_search.runner.study import StudyResult
+
+    calls = []
+
+    def interrupted_run_study(config, *, out_dir, resume, address, progress):
+        calls.append(config.search.sampler)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "experiment.toml").write_text(config.to_toml())
+        table = study_table([0.5], sampler=config.search.sampler, seed=0)  # 1 of 3 trials
+        table.to_parquet(out_dir / "trials.parquet")
+        return StudyResult(
+            out_dir / "trials.parquet", out_dir, {}, 0.5, 0.5, "", None, 1, {"COMPLETE": 1}
+        )
+
+    monkeypatch.setattr(runner, "run_study", interrupted_run_study)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    plan = plan_comparison(
+        str(experiment), samplers=["tpe", "random"], seeds=[0], trials=3, out_dir=tmp_path
+    )
+    result = run_comparison(plan, tmp_path, log=lambda _: None)
+    assert calls == ["tpe"]
+    assert result.failed == {"tpe-s0": "stopped before its budget; run again to resume"}
