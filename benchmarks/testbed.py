@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+# Run as a script, this folder comes first on sys.path and its modules would shadow the packages.
+sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 
 def main() -> None:
