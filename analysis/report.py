@@ -93,6 +93,8 @@ def fmt(value, digits: int = 4) -> str:
             return ""
         if math.isinf(value):
             return "never" if value > 0 else "-inf"
+        if abs(value) < 1e-12:  # float noise of a difference of equal scores
+            return "0"
         if float(value).is_integer() and abs(value) < 1e6:
             return str(int(value))
         return f"{value:.{digits}g}"
