@@ -64,7 +64,7 @@ OVERRIDE_ALIASES = {
 }
 _RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TESTBED_DEFAULTS = {"steps": 8, "guidance": 3.0}
+_TESTBED_DEFAULTS = {"steps": 8, "guidance": 2.0}
 _REAL_DEFAULTS = {"steps": 30, "guidance": 7.5}
 
 
@@ -184,7 +184,7 @@ class ExperimentConfig:
 
     version: int = CONFIG_VERSION
     study: str = "testbed"
-    resolution: str = "64x64"
+    resolution: str = "48x48"
     output: str = ""  # empty: runs/<study>
     # Modules imported by the driver and every worker before objectives are built: the place
     # for custom scorers that call objectives.register_objective at import.
@@ -444,7 +444,7 @@ def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentC
         raise UsageError(
             f"study = {study!r}: use letters, digits, '.', '_' and '-' (it names folders and runs)"
         )
-    resolution = _expect("resolution", data.get("resolution", "64x64"), "str")
+    resolution = _expect("resolution", data.get("resolution", "48x48"), "str")
     w, h = parse_resolution(resolution)
     output = _expect("output", data.get("output", ""), "str")
     plugins = tuple(_plugins(data.get("plugins", [])))

@@ -61,6 +61,14 @@ def load_pipeline(source: str, *, dtype: str | torch.dtype = "float32", device: 
                 f"model folder {str(local)!r} has no model_index.json: save the pipeline with "
                 "`pipe.save_pretrained(folder)` or pass a hub id"
             )
+        if _pipeline_class_name(local) == "ScenePipeline":
+            # A testbed pipeline saved to a folder (by `crdiff testbed train` or a copy of the
+            # shipped one): diffusers does not know its class, our package does.
+            from crdiff_search import testbed
+
+            pipe = testbed.load_pipeline(device=dev, dtype=torch_dtype, folder=local)
+            check_pipeline_tokenizers(pipe)
+            return pipe
         try:
             pipe = DiffusionPipeline.from_pretrained(
                 str(local) if local.exists() else source,
@@ -80,6 +88,18 @@ def load_pipeline(source: str, *, dtype: str | torch.dtype = "float32", device: 
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _pipeline_class_name(folder: Path) -> str | None:
+    import json
+
+    index = folder / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        return json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
 
 
 def check_pipeline_tokenizers(pipe) -> None:

@@ -12,7 +12,7 @@ def test_dry_run_prints_the_testbed_plan(capsys, tmp_path):
     rc = main(["search", "--dry-run", "--trials", "5", "--sampler", "tpe", "--out", str(tmp_path)])
     assert rc == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["model"] == "testbed" and plan["resolution"] == "64x64"
+    assert plan["model"] == "testbed" and plan["resolution"] == "48x48"
     assert list(plan["groups"]) == ["down", "mid", "up"]
     assert plan["groups"]["mid"] == [0.0, 0.6]
     assert (plan["trials"], plan["sampler"], plan["prompts"]) == (5, "tpe", 8)

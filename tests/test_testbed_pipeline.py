@@ -73,3 +73,15 @@ def test_bad_sizes_and_generator_counts_raise(pipe):
 def test_missing_folder_is_a_clear_error(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="crdiff testbed train"):
         testbed.load_pipeline(folder=tmp_path)
+
+
+def test_load_pipeline_routes_a_saved_testbed_folder(tmp_path):
+    import shutil
+
+    from crdiff_search import models, testbed
+
+    folder = tmp_path / "copy"
+    shutil.copytree(testbed.WEIGHTS_DIR, folder)
+    pipe = models.load_pipeline(str(folder))
+    assert type(pipe).__name__ == "ScenePipeline"
+    assert pipe.unet.config.sample_size == testbed.load_pipeline().unet.config.sample_size
