@@ -60,7 +60,7 @@ def test_defaults_are_the_testbed_study_and_round_trip():
     assert cfg == ExperimentConfig()
     assert cfg.version == CONFIG_VERSION
     assert cfg.model.source == "testbed"
-    assert (cfg.width, cfg.height) == (64, 64)
+    assert (cfg.width, cfg.height) == (48, 48)
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert ExperimentConfig.from_toml(cfg.to_toml()) == cfg
 
