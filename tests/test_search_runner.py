@@ -29,7 +29,7 @@ class RecordingBrightness(Objective):
     """Mean brightness; logs every call to ``log`` (pid, time, images); can sleep and can raise
     on given call numbers (counted across processes through the log)."""
 
-    name = "test-brightness"
+    name = "test-recording-brightness"
 
     def __init__(self, log: str = "", delay: float = 0.0, fail_calls: tuple = ()):
         self.log, self.delay, self.fail_calls = log, delay, tuple(fail_calls)
@@ -48,7 +48,7 @@ class RecordingBrightness(Objective):
         return np.array([np.asarray(im, dtype=np.float64).mean() / 255.0 for im in images])
 
 
-register_objective("test-brightness", RecordingBrightness, replace=True)
+register_objective("test-recording-brightness", RecordingBrightness, replace=True)
 
 CONTRACT_COLUMNS = [
     "trial_id",
@@ -78,7 +78,7 @@ def tiny_config(model: Path, out: Path, **changes) -> ExperimentConfig:
         "plugins": [PLUGIN],
         "model": {"source": str(model), "steps": 2, "guidance": 1.0, "device": "cpu"},
         "prompts": {"items": ["a red cat", "a blue bus"], "seeds": 0},
-        "objective": {"name": "test-brightness", "options": {"log": str(out) + ".calls"}},
+        "objective": {"name": "test-recording-brightness", "options": {"log": str(out) + ".calls"}},
         "search": {"sampler": "random", "trials": 6, "concurrency": 2, "seed": 0},
         "tracking": {"enabled": False},
     }

@@ -93,6 +93,8 @@ def train(cfg: TrainConfig, out: str | Path, *, log=print):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
+    # Inference code earlier in the same process (a search worker, say) may have turned autograd off.
+    torch.set_grad_enabled(True)
     pipe = build_pipeline(cfg.resolution, seed=cfg.seed)
     unet, text_encoder, tokenizer = pipe.unet, pipe.text_encoder, pipe.tokenizer
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
