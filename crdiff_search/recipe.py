@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import re
-import subprocess
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -397,33 +396,13 @@ def utc_now() -> str:
 
 def code_version() -> str:
     """The package version, plus the git commit (``+g<sha>``, ``.dirty``) when run from a checkout."""
-    try:
-        from importlib.metadata import version
+    from crdiff_search.tracking import code_version as code_info
 
-        base = version("crdiff-search")
-    except Exception:
-        base = "0+unknown"
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        return base
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return base
-    return f"{base}+g{sha}{'.dirty' if dirty else ''}"
+    info = code_info()
+    if "git_commit" not in info:
+        return info["version"]
+    dirty = ".dirty" if info["git_dirty"] == "true" else ""
+    return f"{info['version']}+g{info['git_commit'][:12]}{dirty}"
 
 
 def model_fingerprint(source: str, denoiser=None) -> str | None:

@@ -145,6 +145,9 @@ def code_version() -> dict[str, str]:
         version = "0+unknown"
     info = {"version": version}
     root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        # An installed copy: a repository around site-packages is not this package's source.
+        return info
     try:
         commit = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"],
