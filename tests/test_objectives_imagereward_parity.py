@@ -24,30 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
+from objectives._tiny import TINY_MED_CONFIG as MED_CONFIG
 from objectives.imagereward import BERT_VOCAB_SIZE, ImageRewardObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ROOT / ".venv" / "extras"
 VISION = {"embed_dim": 48, "depth": 2, "num_heads": 4}
-MED_CONFIG = {
-    "architectures": ["BertModel"],
-    "attention_probs_dropout_prob": 0.1,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "hidden_size": 32,
-    "initializer_range": 0.02,
-    "intermediate_size": 64,
-    "layer_norm_eps": 1e-12,
-    "max_position_embeddings": 64,
-    "model_type": "bert",
-    "num_attention_heads": 4,
-    "num_hidden_layers": 2,
-    "pad_token_id": 0,
-    "type_vocab_size": 2,
-    "vocab_size": 30524,
-    "encoder_width": 48,
-    "add_cross_attention": True,
-}
 PROMPTS = [
     "a red cube on a wooden table",
     "two blue spheres",
