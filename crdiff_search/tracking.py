@@ -18,6 +18,7 @@ absolute, so Ray workers that run in another folder still write to the same data
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import re
@@ -29,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 # MLflow must never reach out to the network on its own (usage telemetry), and an unreachable
 # tracking server must fail in seconds rather than retry for minutes. Set before mlflow loads;
@@ -309,6 +312,7 @@ class StudyTracker:
             self.experiment_id = self._ensure_experiment()
         self._children: dict[str, dict[str, str]] = {}
         self._study_of: dict[str, str] = {}
+        self._statuses: dict[str, dict[str, str]] = {}
         self._executor = None
         self._pending: list = []
 
@@ -605,11 +609,17 @@ class StudyTracker:
         by_trial: dict[str, list] = {}
         for run in runs:
             by_trial.setdefault(run.data.tags.get(TRIAL_TAG, ""), []).append(run)
-        found = {
-            tid: self._dedupe(group, f"trial {tid}").info.run_id for tid, group in by_trial.items()
-        }
+        keepers = {tid: self._dedupe(group, f"trial {tid}") for tid, group in by_trial.items()}
+        found = {tid: run.info.run_id for tid, run in keepers.items()}
         self._children[parent_run_id] = found  # log_trial's cache, kept current
+        self._statuses[parent_run_id] = {tid: run.info.status for tid, run in keepers.items()}
         return dict(found)
+
+    def trial_statuses(self, parent_run_id: str) -> dict[str, str]:
+        """``{trial_id: MLflow run status}`` (FINISHED, FAILED, KILLED, RUNNING) under the
+        study run, read afresh."""
+        self.trial_runs(parent_run_id)
+        return dict(self._statuses[parent_run_id])
 
     def find_trial(self, parent_run_id: str, trial_id: str) -> str | None:
         """The run id of ``trial_id`` under the study run, or None."""
@@ -699,14 +709,20 @@ class StudyTracker:
         a ``concurrent.futures.Future`` of the run id. A trial worker can start its next trial
         while MLflow writes; call :meth:`flush` before the process ends (pending writes also
         drain at a normal interpreter exit)."""
-        return self._submit(self.log_trial, *args, **kwargs)
+        return self.submit(self.log_trial, *args, **kwargs)
 
-    def _submit(self, fn, *args, **kwargs):
+    def submit(self, fn, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` (normally one of this tracker's methods) on the
+        tracker's background thread, after every write submitted before it; returns its
+        ``Future``. A failure is logged as a warning when it happens and returned by
+        :meth:`flush`."""
         if self._executor is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdiff-mlflow")
         future = self._executor.submit(fn, *args, **kwargs)
+        what = getattr(fn, "__name__", "write")
+        future.add_done_callback(lambda f, what=what: _warn_failed(f, what))
         self._pending = [f for f in self._pending if not f.done()] + [future]
         return future
 
@@ -739,6 +755,11 @@ class StudyTracker:
         grid = image_grid(images, captions, title=title)
         self._call("log image", self._client.log_image, run_id, grid, artifact_file=artifact)
         return artifact
+
+
+def _warn_failed(future, what: str) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("MLflow %s failed in the background: %s", what, future.exception())
 
 
 def _status(state: str, table: Mapping[str, str]) -> str:

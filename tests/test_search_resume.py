@@ -163,3 +163,8 @@ def test_sigkill_then_resume(tmp_path):
     kinds = [r.data.tags.get(KIND_TAG) for r in runs]
     assert kinds.count("study") == 1
     assert kinds.count("trial") == BUDGET
+    # ... each one complete: a write the killed workers still had queued was made good.
+    for run in runs:
+        if run.data.tags.get(KIND_TAG) == "trial":
+            assert run.info.status == "FINISHED", run.data.tags
+            assert "score" in run.data.metrics and "ratio.down" in run.data.params

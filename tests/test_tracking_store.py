@@ -259,3 +259,52 @@ def test_background_logging_keeps_order_and_flushes(db_uri):
     bad = tracker.log_trial_async(parent, "t9", {}, {}, {}, state="NOT-A-STATE")
     errors = tracker.flush(timeout=60)
     assert len(errors) == 1 and isinstance(errors[0], UsageError) and bad.done()
+
+
+def test_driver_writes_trials_whose_worker_write_was_lost(db_uri, tmp_path):
+    import pandas as pd
+
+    from crdiff_search.runner.study import _reconcile_tracking
+
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study("s-reconcile", {}, {}, None)
+    tracker.log_trial(parent, "done", {"ratio.down": 0.1}, {"score": 0.5}, {"generate": 1.0})
+    tracker.log_trial(parent, "half", {"ratio.down": 0.2}, {}, {}, state="RUNNING")
+    rows = [
+        ("done", "COMPLETE", 0.1, 0.9),  # already FINISHED in MLflow: left alone
+        ("half", "COMPLETE", 0.2, 0.7),  # the worker died mid-write: completed in place
+        ("lost", "COMPLETE", 0.3, 0.6),  # the write never started: created
+        ("bad", "FAILED", 0.4, float("nan")),  # failures are the driver's own business
+    ]
+    table = tmp_path / "trials.parquet"
+    pd.DataFrame(
+        [
+            {
+                "trial_id": t,
+                "state": st,
+                "ratio.down": r,
+                "score": sc,
+                "score_delta": 0.0,
+                "n_images": 2,
+                "t_generate": 1.5,
+                "started_at": pd.Timestamp.now(tz="UTC"),
+            }
+            for t, st, r, sc in rows
+        ]
+    ).to_parquet(table)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no duplicate run made along the way
+        assert _reconcile_tracking(tracker, parent, table, ["down"]) == 2
+    statuses = tracker.trial_statuses(parent)
+    assert statuses == {"done": "FINISHED", "half": "FINISHED", "lost": "FINISHED"}
+    runs = tracker.trial_runs(parent)
+    done = tracker.client.get_run(runs["done"]).data
+    assert done.metrics["score"] == 0.5 and "crdiff.logged_by" not in done.tags
+    for trial, score, ratio in (("half", 0.7, "0.2"), ("lost", 0.6, "0.3")):
+        data = tracker.client.get_run(runs[trial]).data
+        assert data.metrics["score"] == score and data.metrics["t_generate"] == 1.5
+        assert data.params["ratio.down"] == ratio
+        assert data.tags["crdiff.logged_by"] == "driver"
+    # Run again: everything is FINISHED, nothing is written.
+    assert _reconcile_tracking(tracker, parent, table, ["down"]) == 0

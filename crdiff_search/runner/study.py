@@ -323,8 +323,54 @@ def run_study(
         if status == "FINISHED" and finished < config.search.trials:
             status = "KILLED"  # interrupted: --resume continues it
         if tracker is not None:
+            _reconcile_tracking(tracker, tracking["parent_run_id"], table_path, groups)
             _finish_tracking(tracker, tracking["parent_run_id"], result, status)
     return result
+
+
+def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
+    """Write the child run of every completed trial whose worker-side MLflow write did not
+    land (the worker was killed with writes still queued); returns how many were written.
+
+    Runs from the trial table, after the workers are gone, so nothing races it; ``log_trial``
+    updates a half-written run in place rather than adding a second one.
+    """
+    if not table_path.is_file():
+        return 0
+    import pandas as pd
+
+    try:
+        statuses = tracker.trial_statuses(parent)
+        frame = pd.read_parquet(table_path)
+        written = 0
+        for row in frame[frame["state"] == "COMPLETE"].to_dict("records"):
+            trial_id = str(row["trial_id"])
+            if statuses.get(trial_id) == "FINISHED":
+                continue
+            numbers = {k: v for k, v in row.items() if _plain_number(v)}
+            metrics = {
+                k: v
+                for k, v in numbers.items()
+                if k in ("score", "score_delta", "sparsity", "n_images")
+                or k.startswith(("score.", "sparsity."))
+            }
+            timings = {k: v for k, v in numbers.items() if k.startswith("t_")}
+            tracker.log_trial(
+                parent,
+                trial_id,
+                params={f"ratio.{g}": float(row[f"ratio.{g}"]) for g in groups},
+                metrics=metrics,
+                timings=timings,
+                state="COMPLETE",
+                tags={"crdiff.logged_by": "driver"},
+            )
+            written += 1
+        return written
+    except Exception as exc:
+        import sys
+
+        print(f"warning: MLflow: could not check the trials' runs: {exc}", file=sys.stderr)
+        return 0
 
 
 def summarize(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 TIMINGS = ("t_prune", "t_generate", "t_score", "t_restore")
 CHECKPOINT_FILE = "trial_state.json"
+TRACKING_FLUSH_S = 120.0
 
 
 def ratios_of(config: Mapping[str, Any], groups) -> dict[str, float]:
@@ -98,6 +99,11 @@ class PruningTrainable(tune.Trainable):
             self._restore_weights()
         except Exception:  # the process may be going away anyway
             log.exception("restoring dense weights failed")
+        if self._tracker is not None:
+            # Trials' MLflow writes run in the background; let them land before the worker
+            # goes. Any that do not are written by the driver from the trial table.
+            for error in self._tracker.flush(timeout=TRACKING_FLUSH_S):
+                log.warning("MLflow logging of a trial failed: %s", error)
 
     # ---- retries resume a trial from its last reported chunk
     def save_checkpoint(self, checkpoint_dir: str) -> None:
@@ -200,6 +206,8 @@ class PruningTrainable(tune.Trainable):
 
     # ---- MLflow child run (from the worker, so that it can carry images)
     def _track(self, metrics: dict, is_dense: bool) -> None:
+        """Queue the trial's child run on the tracker's background thread: the next trial
+        starts while MLflow writes (one thread, so writes keep their order)."""
         tracking = self._settings.get("tracking")
         if not tracking:
             return
@@ -221,7 +229,7 @@ class PruningTrainable(tune.Trainable):
                 {k: v for k, v in metrics.items() if k.startswith(("sparsity.", "score."))}
             )
             captions = self._settings["prompts"][: len(self._images)]
-            self._tracker.log_trial(
+            self._tracker.log_trial_async(
                 tracking["parent_run_id"],
                 self.trial_id,
                 params={f"ratio.{g}": r for g, r in self._ratios.items()},
@@ -232,8 +240,12 @@ class PruningTrainable(tune.Trainable):
                 state="COMPLETE",
             )
             if is_dense:
-                self._tracker.log_dense_baseline(
-                    tracking["parent_run_id"], {"score": metrics["score"]}, self._images, captions
+                self._tracker.submit(
+                    self._tracker.log_dense_baseline,
+                    tracking["parent_run_id"],
+                    {"score": metrics["score"]},
+                    self._images,
+                    captions,
                 )
         except Exception:
             # Tracking must not cost a trial its result; the driver's table still records it.
