@@ -231,3 +231,32 @@ def test_anneal_restarts_and_reheats_follow_the_stall_rule():
     # Stalls after trials 4 and 7: the first reheats (best 0.6 > 0.5), the second restarts.
     assert (chain.reheats, chain.restarts, chain.best_trial) == (1, 1, 1)
     assert chain.iterations == 10 and chain.stall == 2
+
+
+def _points_of_a_chain_pinned_at_zero(avoid_repeats: bool) -> list[tuple[float, ...]]:
+    """An objective that rewards small ratios keeps the chain at the lower bound, where
+    clipping makes neighbours collide with points already evaluated."""
+    sampler = SimulatedAnnealingSampler(seed=3, avoid_repeats=avoid_repeats)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = {g: FloatDistribution(0.0, 0.6) for g in ("down", "mid", "up")}
+    study.enqueue_trial({g: 0.0 for g in space})  # the dense trial 0, as a study does
+    points = []
+    for _ in range(40):
+        trial = study.ask(space)
+        points.append(tuple(trial.params[g] for g in space))
+        study.tell(trial, -sum(points[-1]))
+    return points
+
+
+def test_anneal_never_proposes_an_evaluated_point_again():
+    points = _points_of_a_chain_pinned_at_zero(avoid_repeats=True)
+    assert len(set(points)) == len(points)
+    assert points.count((0.0, 0.0, 0.0)) == 1
+    # The reference's rule (avoid only the pending, current and previous points) repeats.
+    repeated = _points_of_a_chain_pinned_at_zero(avoid_repeats=False)
+    assert len(set(repeated)) < len(repeated)
+
+
+def test_avoid_repeats_must_be_a_bool():
+    with pytest.raises(UsageError, match="avoid_repeats"):
+        SimulatedAnnealingSampler(avoid_repeats="yes")

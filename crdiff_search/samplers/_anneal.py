@@ -40,7 +40,8 @@ DEFAULT_PATIENCE = 12
 DEFAULT_ON_STALL = ReheatOrRestart(reheat_above=None, max_restarts=None)
 DEFAULT_RESTART_NEIGHBOR = AllCoordinates()
 
-# How many times a proposal is redrawn when it collides with a pending or the previous trial.
+# How many times a proposal is redrawn when it collides with the current point or a trial that
+# already ran or is running.
 MAX_REDRAWS = 32
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
@@ -133,8 +134,9 @@ class SimulatedAnnealingSampler(BaseSampler):
 
     Concurrency: one chain, several neighbours. When k trials are pending, each new proposal is
     a neighbour of the current state drawn with its own trial number's generator and redrawn
-    (up to ``MAX_REDRAWS`` times) while it equals a pending trial, the current point or the
-    previous trial. One chain rather than k chains because budgets are small (30-120
+    (up to ``MAX_REDRAWS`` times) while it equals the current point or any trial already
+    evaluated or running (evaluations are deterministic, a repeat would waste one); with
+    ``avoid_repeats=False`` only pending trials, the current point and the previous trial. One chain rather than k chains because budgets are small (30-120
     evaluations): k chains would each get a k-th of the budget and never cool; several
     neighbours of one state explore it in parallel and the chain keeps the budget's depth.
     Results that arrive late are replayed at their trial-number position.
@@ -184,6 +186,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         on_stall: Callable[[ChainState], Reheat | Restart | Stop] = DEFAULT_ON_STALL,
         restart_neighbor: Callable[..., np.ndarray] = DEFAULT_RESTART_NEIGHBOR,
         failure_score: float | None = None,
+        avoid_repeats: bool = True,
         random_source: Callable[[int, str], np.random.Generator] | None = None,
     ) -> None:
         if not (isinstance(initial_temperature, int | float) and initial_temperature > 0):
@@ -220,7 +223,10 @@ class SimulatedAnnealingSampler(BaseSampler):
         self._patience = patience
         self._on_stall = on_stall
         self._restart_neighbor = restart_neighbor
+        if not isinstance(avoid_repeats, bool):
+            raise UsageError(f"avoid_repeats must be true or false, got {avoid_repeats!r}")
         self._failure_score = failure_score
+        self._avoid_repeats = avoid_repeats
         self._source = random_source if random_source is not None else SeededSource(seed)
         # Memo of the acceptance draw per trial number: a pure function of (source, number),
         # cached only because building a generator costs more than the rest of a replay step.
@@ -253,10 +259,18 @@ class SimulatedAnnealingSampler(BaseSampler):
         others = [t for t in members if t.number != trial.number]
         pending = [t.params for t in others if t.state == TrialState.RUNNING]
         current = space.to_params(chain.current)
-        if chain.needs_evaluation and not any(space.same_point(p, current) for p in pending):
+        # Evaluations are deterministic (same prompts, same seeds), so a point already tried
+        # or in flight would only repeat a result: by default it is redrawn (trial 0 included;
+        # a restart point that lands on one is replaced by one of its neighbours).
+        taken = [t.params for t in others if t.state != TrialState.WAITING]
+        clash = taken if self._avoid_repeats else pending
+        if chain.needs_evaluation and not any(space.same_point(p, current) for p in clash):
             return current
-        avoid = [*pending, current]
-        avoid += [t.params for t in others if t.number == trial.number - 1]
+        if self._avoid_repeats:
+            avoid = [current, *taken]
+        else:  # the reference loop: only pending trials, the current point, the last trial
+            avoid = [*pending, current]
+            avoid += [t.params for t in others if t.number == trial.number - 1]
         return self._neighbor_of(space, chain, trial.number, avoid)
 
     def sample_independent(

@@ -86,6 +86,8 @@ PAPER_OPTIONS: dict[str, Any] = {
     ),
     "restart_neighbor": AllCoordinates(),
     "failure_score": PAPER_FAILURE_SCORE,
+    # The reference re-proposes points it already scored (and reads them from its cache).
+    "avoid_repeats": False,
 }
 
 
