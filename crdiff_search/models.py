@@ -16,8 +16,12 @@ import torch
 from crdiff_search.errors import UsageError
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_MIN_VOCAB = {"CLIPTokenizer": 49408, "CLIPTokenizerFast": 49408, "T5Tokenizer": 32000,
-              "T5TokenizerFast": 32000}
+_MIN_VOCAB = {
+    "CLIPTokenizer": 49408,
+    "CLIPTokenizerFast": 49408,
+    "T5Tokenizer": 32000,
+    "T5TokenizerFast": 32000,
+}
 
 
 class ModelSourceError(UsageError):
@@ -80,7 +84,9 @@ def load_pipeline(source: str, *, dtype: str | torch.dtype = "float32", device: 
             hint = (
                 "the hub is offline (HF_HUB_OFFLINE=1): download the model on a machine with "
                 "network access and pass its local folder, or fill the Hugging Face cache "
-                "(HF_HOME)" if offline else "check the hub id or the folder path"
+                "(HF_HOME)"
+                if offline
+                else "check the hub id or the folder path"
             )
             raise ModelSourceError(f"cannot load model {source!r}: {exc}\nHint: {hint}") from exc
         pipe.to(dev)
@@ -150,14 +156,18 @@ def generate_images(
     The image for ``(prompt, seed)`` does not depend on the batch it is generated in.
     """
     if len(prompts) != len(seeds):
-        raise UsageError(f"got {len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt")
+        raise UsageError(
+            f"got {len(prompts)} prompts but {len(seeds)} seeds: pass one seed per prompt"
+        )
     batch = batch_size or len(prompts)
     device = getattr(pipe, "device", torch.device("cpu"))
     gen_device = "cpu" if device.type == "mps" else device
     images = []
     for start in range(0, len(prompts), batch):
         chunk = list(prompts[start : start + batch])
-        gens = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start : start + batch]]
+        gens = [
+            torch.Generator(gen_device).manual_seed(int(s)) for s in seeds[start : start + batch]
+        ]
         with torch.inference_mode():
             if type(pipe).__name__ == "DiTPipeline":
                 out = pipe(

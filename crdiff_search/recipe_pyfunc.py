@@ -1,7 +1,8 @@
 """The MLflow pyfunc that carries a recipe in the model registry (logged as code, not pickled).
 
 Loading it with ``mlflow.pyfunc.load_model("models:/crdiff-testbed@64x64")`` and calling
-``predict(None)`` returns the recipe dict; the registry itself reads the JSON artifact directly.
+``predict([])`` returns the recipe dict (the declared input, a list of strings, is ignored);
+the registry itself reads the JSON artifact directly.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ class RecipeModel(mlflow.pyfunc.PythonModel):
         with open(context.artifacts["recipe"], encoding="utf-8") as fh:
             self.recipe = json.load(fh)
 
-    def predict(
-        self, context, model_input: list[Any], params: dict[str, Any] | None = None
-    ) -> list:
+    # ``list[str]`` rather than ``list[Any]``: MLflow warns that it cannot validate ``Any``.
+    # The input is ignored.
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None):
         return [self.recipe]
 
 

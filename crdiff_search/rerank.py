@@ -232,9 +232,11 @@ def rerank(
     n_prompts: int | None = None,
     address: str | None = None,
     log_mlflow: bool = True,
+    progress: bool = True,
 ) -> RerankResult:
     """Re-rank the study in ``study_dir``; writes ``rerank.parquet``/``.csv``/``.json`` and a
-    comparison grid there and returns the ranked table and the winner."""
+    comparison grid there and returns the ranked table and the winner. ``progress`` prints a
+    line to stderr as each candidate (and the dense reference) finishes."""
     import pandas as pd
 
     weights = parse_weights(weights)
@@ -265,7 +267,7 @@ def rerank(
         )
         refs = [task.remote(settings, None, weights)]
         refs += [task.remote(settings, c, weights) for c in candidates]
-        results = ray.get(refs)
+        results = _gather(ray, refs, candidates, len(prompts), config, weights, progress)
     finally:
         if started:
             ray.shutdown()
@@ -351,6 +353,40 @@ def rerank(
         info["rerank_run_id"] = run_id
     (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return RerankResult(table, winner, dense_score, folder, run_id, files)
+
+
+def _gather(ray, refs, candidates, n_prompts: int, config, weights, progress: bool) -> list:
+    """``ray.get(refs)``, printing a line per finished task when ``progress``."""
+    if not progress:
+        return ray.get(refs)
+    import sys
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    labels = {refs[0]: "dense"} | {
+        ref: f"trial {c['trial_id']}" for ref, c in zip(refs[1:], candidates, strict=True)
+    }
+    say(
+        f"rerank {config.study}: dense + {len(candidates)} candidates x w="
+        f"{','.join(f'{w:g}' for w in weights)} on {n_prompts} held-out prompts at "
+        f"{config.resolution}"
+    )
+    started = time.perf_counter()
+    pending, done = list(refs), 0
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1)
+        rows = ray.get(ready[0])  # raises the task's error at once
+        done += 1
+        scores = ", ".join(
+            f"{row['score']:.4f}" if row["w"] is None else f"w={row['w']:g} {row['score']:.4f}"
+            for row in rows
+        )
+        say(
+            f"[{done}/{len(refs)}] {labels[ready[0]]}: {scores} "
+            f"({time.perf_counter() - started:.0f} s)"
+        )
+    return ray.get(refs)
 
 
 def _init_ray(ray, address: str, kwargs: dict[str, Any], attempts: int = 3) -> None:

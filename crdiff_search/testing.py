@@ -20,7 +20,12 @@ SD15_UNET_CONFIG = {
         "CrossAttnDownBlock2D",
         "DownBlock2D",
     ],
-    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "up_block_types": [
+        "UpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+        "CrossAttnUpBlock2D",
+    ],
     "block_out_channels": [320, 640, 1280, 1280],
     "layers_per_block": 2,
     "cross_attention_dim": 768,

@@ -116,6 +116,25 @@ def test_list_and_show(filled):
         reg.show("testbed", version=9)
 
 
+def test_recipe_model_loads_as_pyfunc_and_exports_quietly(tmp_path):
+    import warnings
+
+    import mlflow
+
+    uri = fresh_registry_uri(tmp_path)
+    reg = Registry(uri)
+    recipe = make_recipe(poa_w=1.5)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reg.export(recipe)
+    hints = [str(w.message) for w in caught if "type hint" in str(w.message)]
+    assert hints == []  # MLflow's signature-inference warnings would only confuse users
+    mlflow.set_registry_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model("models:/crdiff-testbed@64x48")
+    assert model.predict([]) == [recipe.to_dict()]
+
+
 def test_replaced_artifact_is_rejected(tmp_path):
     reg = Registry(fresh_registry_uri(tmp_path))
     entry = reg.export(make_recipe())

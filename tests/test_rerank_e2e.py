@@ -32,8 +32,12 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     run_study(config, out_dir=study, progress=False)
 
     assert main(["rerank", str(study), "--top-k", "1", "--w", "1.0,1.5", "--n-prompts", "3"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "winner: trial" in out
+    # progress: a header, then one line per finished task (dense + 1 candidate)
+    assert "on 3 held-out prompts at 48x48" in captured.err
+    assert "[2/2]" in captured.err and "dense: " in captured.err and "w=1.5 " in captured.err
     table = pd.read_parquet(study / "rerank.parquet")
     assert sorted(table["kind"]) == ["dense", "poa", "pruned"]
     assert (table["n_images"] == 3).all() and list(table["rank"]) == [1, 2, 3]

@@ -33,6 +33,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=_run)
 
 
@@ -57,6 +58,7 @@ def _run(args: argparse.Namespace) -> int:
         n_prompts=args.n_prompts,
         address=args.address,
         log_mlflow=not args.no_mlflow,
+        progress=not args.quiet,
     )
     print(format_table(result.table))
     win = result.winner
