@@ -3,8 +3,9 @@
 The search scored candidates on a small prompt set; its top ``k`` trials are scored again on a
 larger, different set (other prompts, other seeds), each at several POA weights ``w``, next to
 two references: the dense model and each candidate without POA (``w = 1``). Every row sees the
-same prompts and seeds. Candidates run as Ray tasks (one per candidate, all its weights in one
-loaded worker); the table is saved in the study folder and logged under the study's MLflow run.
+same prompts and seeds. Each (candidate, weight) is a Ray task, POA ones first; a worker
+process loads the pipeline once and reuses it for every task it runs. The table is saved in the
+study folder and logged under the study's MLflow run.
 
 Example::
 
@@ -265,9 +266,16 @@ def rerank(
         task = ray.remote(evaluate_candidate).options(
             num_cpus=config.resources.cpu, num_gpus=config.resources.gpu
         )
-        refs = [task.remote(settings, None, weights)]
-        refs += [task.remote(settings, c, weights) for c in candidates]
-        results = _gather(ray, refs, candidates, len(prompts), config, weights, progress)
+        # One task per (candidate, weight), the costlier POA ones (two passes a step) first, so
+        # that the last tasks to finish are short ones; the worker's pipeline is loaded once
+        # per process and reused by every task that lands there.
+        jobs = [(c, w) for w in weights if w != 1.0 for c in candidates]
+        jobs += [(None, None)] + [(c, 1.0) for c in candidates]
+        refs = [task.remote(settings, c, weights if c is None else (w,)) for c, w in jobs]
+        labels = ["dense" if c is None else f"trial {c['trial_id']} w={w:g}" for c, w in jobs]
+        results = _gather(
+            ray, refs, labels, len(candidates), len(prompts), config, weights, progress
+        )
     finally:
         if started:
             ray.shutdown()
@@ -355,7 +363,9 @@ def rerank(
     return RerankResult(table, winner, dense_score, folder, run_id, files)
 
 
-def _gather(ray, refs, candidates, n_prompts: int, config, weights, progress: bool) -> list:
+def _gather(
+    ray, refs, labels, n_candidates: int, n_prompts: int, config, weights, progress: bool
+) -> list:
     """``ray.get(refs)``, printing a line per finished task when ``progress``."""
     if not progress:
         return ray.get(refs)
@@ -364,13 +374,11 @@ def _gather(ray, refs, candidates, n_prompts: int, config, weights, progress: bo
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    labels = {refs[0]: "dense"} | {
-        ref: f"trial {c['trial_id']}" for ref, c in zip(refs[1:], candidates, strict=True)
-    }
+    label_of = dict(zip(refs, labels, strict=True))
     say(
-        f"rerank {config.study}: dense + {len(candidates)} candidates x w="
-        f"{','.join(f'{w:g}' for w in weights)} on {n_prompts} held-out prompts at "
-        f"{config.resolution}"
+        f"rerank {config.study}: dense + {n_candidates} candidates x w="
+        f"{','.join(f'{w:g}' for w in weights)} ({len(refs)} tasks) on {n_prompts} held-out "
+        f"prompts at {config.resolution}"
     )
     started = time.perf_counter()
     pending, done = list(refs), 0
@@ -378,12 +386,8 @@ def _gather(ray, refs, candidates, n_prompts: int, config, weights, progress: bo
         ready, pending = ray.wait(pending, num_returns=1)
         rows = ray.get(ready[0])  # raises the task's error at once
         done += 1
-        scores = ", ".join(
-            f"{row['score']:.4f}" if row["w"] is None else f"w={row['w']:g} {row['score']:.4f}"
-            for row in rows
-        )
         say(
-            f"[{done}/{len(refs)}] {labels[ready[0]]}: {scores} "
+            f"[{done}/{len(refs)}] {label_of[ready[0]]}: score {rows[0]['score']:.4f} "
             f"({time.perf_counter() - started:.0f} s)"
         )
     return ray.get(refs)

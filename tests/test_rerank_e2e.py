@@ -35,9 +35,10 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     captured = capsys.readouterr()
     out = captured.out
     assert "winner: trial" in out
-    # progress: a header, then one line per finished task (dense + 1 candidate)
-    assert "on 3 held-out prompts at 48x48" in captured.err
-    assert "[2/2]" in captured.err and "dense: " in captured.err and "w=1.5 " in captured.err
+    # progress: a header, then a line per finished task: dense, the candidate at w=1 and 1.5
+    assert "(3 tasks) on 3 held-out prompts at 48x48" in captured.err
+    assert "[3/3]" in captured.err and "dense: score" in captured.err
+    assert " w=1.5: score" in captured.err and " w=1: score" in captured.err
     table = pd.read_parquet(study / "rerank.parquet")
     assert sorted(table["kind"]) == ["dense", "poa", "pruned"]
     assert (table["n_images"] == 3).all() and list(table["rank"]) == [1, 2, 3]
