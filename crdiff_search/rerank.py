@@ -280,7 +280,7 @@ def rerank(
         if started:
             ray.shutdown()
 
-    dense_row = results[0][0]
+    dense_row = next(row for rows in results for row in rows if row["kind"] == "dense")
     dense_score = float(dense_row["score"])
     model_revision = dense_row.get("model_revision")
     by_trial = {c["trial_id"]: c for c in candidates}

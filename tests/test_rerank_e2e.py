@@ -44,6 +44,9 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     assert (table["n_images"] == 3).all() and list(table["rank"]) == [1, 2, 3]
     info = json.loads((study / "rerank.json").read_text())
     assert info["rerank_run_id"] and info["n_prompts"] == 3
+    dense = table[table["kind"] == "dense"].iloc[0]
+    assert info["dense_score"] == dense["score"] and dense["score_delta"] == 0.0
+    assert (table["score_delta"] == table["score"] - dense["score"]).all()
     run = Registry(uri).client.get_run(info["rerank_run_id"])
     assert run.data.tags["mlflow.parentRunId"] and "winner_score" in run.data.metrics
     assert (study / "rerank_compare.png").is_file()
