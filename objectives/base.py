@@ -43,4 +43,6 @@ class Objective(ABC):
     @staticmethod
     def _check_batch(images: Sequence[Any], prompts: Sequence[str]) -> None:
         if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts: pass one prompt per image")
+            raise ValueError(
+                f"got {len(images)} images but {len(prompts)} prompts: pass one prompt per image"
+            )
