@@ -66,12 +66,21 @@ def dense_tensors_of(pruner, ratios: Mapping[str, float]) -> dict:
 
 @contextmanager
 def apply_recipe(
-    pipe, recipe: Recipe, *, poa_w: float | None = None, poa_window=None, pruner=None
+    pipe,
+    recipe: Recipe,
+    *,
+    poa_w: float | None = None,
+    poa_window=None,
+    pruner=None,
+    poa_batched: bool | str = "auto",
 ) -> Iterator[AppliedRecipe]:
     """Prune ``pipe``'s denoiser by ``recipe`` and amplify with POA while the block runs.
 
     ``poa_w`` and ``poa_window`` override the recipe's. A ``pruner`` built for this denoiser and
-    the recipe's partition may be passed to reuse it; otherwise one is made. On exit the
+    the recipe's partition may be passed to reuse it; otherwise one is made. ``poa_batched``
+    runs POA's dense and pruned passes as one forward at twice the batch (``True``; twice the
+    activation memory), as two forwards (``False``), or the first at small batches only
+    (``"auto"``, see :mod:`crdiff_search.poa`). On exit the
     denoiser's weights and ``forward`` are the dense ones again, bit for bit.
     """
     from crdiff_search.models import denoiser_of
@@ -92,6 +101,7 @@ def apply_recipe(
                 w=w,
                 window=window,
                 num_train_timesteps=num_train_timesteps_of(pipe),
+                batched=poa_batched,
             )
         if amplifier is None:
             yield AppliedRecipe(recipe, pruner, None, w)

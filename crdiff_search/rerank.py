@@ -35,6 +35,8 @@ RERANK_TABLE = "rerank.parquet"
 RERANK_CSV = "rerank.csv"
 RERANK_FILE = "rerank.json"
 RERANK_GRID = "rerank_compare.png"
+RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
+CONFIDENCE = 0.95
 N_SHOW = 8  # images per row kept for the comparison grid
 
 
@@ -180,8 +182,10 @@ def evaluate_candidate(
             images.extend(chunk[: max(0, N_SHOW - len(images))])
 
         per = {k: np.asarray(v) for k, v in parts.items()}
+        values = state.image_values(per)
         return {
             "score": state.combine(per),
+            "image_scores": None if values is None else [float(v) for v in values],
             **{f"obj.{name}": float(obj.aggregate(per[name])) for name, _, obj in state.objectives},
             "t_generate": t_generate,
             "t_score": t_score,
@@ -266,9 +270,9 @@ def rerank(
         task = ray.remote(evaluate_candidate).options(
             num_cpus=config.resources.cpu, num_gpus=config.resources.gpu
         )
-        # One task per (candidate, weight), the costlier POA ones (two passes a step) first, so
-        # that the last tasks to finish are short ones; the worker's pipeline is loaded once
-        # per process and reused by every task that lands there.
+        # One task per (candidate, weight), the costlier POA ones (dense and pruned every step)
+        # first, so that the last tasks to finish are short ones; the worker's pipeline is
+        # loaded once per process and reused by every task that lands there.
         jobs = [(c, w) for w in weights if w != 1.0 for c in candidates]
         jobs += [(None, None)] + [(c, 1.0) for c in candidates]
         refs = [task.remote(settings, c, weights if c is None else (w,)) for c, w in jobs]
@@ -284,6 +288,10 @@ def rerank(
     dense_score = float(dense_row["score"])
     model_revision = dense_row.get("model_revision")
     by_trial = {c["trial_id"]: c for c in candidates}
+    per_image = {
+        (row["trial_id"], row["w"]): row["image_scores"] for rows in results for row in rows
+    }
+    paired = _paired_stats(per_image, mode)
     images = {}
     records = []
     for rows in results:
@@ -291,6 +299,7 @@ def rerank(
             cand = by_trial.get(row["trial_id"])
             images[(row["trial_id"], row["w"])] = row.pop("images")
             row.pop("model_revision", None)
+            row.pop("image_scores", None)
             record = {
                 "rank": 0,
                 "kind": row["kind"],
@@ -301,6 +310,7 @@ def rerank(
                 "search_score": cand["search_score"] if cand else None,
                 **{f"ratio.{g}": (cand["ratios"].get(g, 0.0) if cand else 0.0) for g in groups},
                 **{k: v for k, v in row.items() if k.startswith("obj.")},
+                **paired.get((row["trial_id"], row["w"]), {}),
                 "n_images": len(prompts),
                 "t_generate": row["t_generate"],
                 "t_score": row["t_score"],
@@ -311,6 +321,9 @@ def rerank(
         drop=True
     )
     table["rank"] = range(1, len(table) + 1)
+    for col in STAT_COLUMNS:  # absent when the objective has no per-image values
+        if col not in table.columns:
+            table[col] = math.nan
     ranked = table[table["kind"] != "dense"]
     best = ranked.iloc[0].to_dict()
     winner = {
@@ -323,11 +336,17 @@ def rerank(
             table[(table["trial_id"] == best["trial_id"]) & (table["w"] == 1.0)]["score"].iloc[0]
         ),
         "search_score": float(best["search_score"]),
+        **{k: _plain(best[k]) for k in ("delta_low", "delta_high", "p_vs_dense")},
+        **{k: _plain(best[k], int) for k in ("wins", "ties", "losses")},
         "secondary": {k: float(v) for k, v in best.items() if str(k).startswith("obj.")},
     }
     files = [str(folder / RERANK_TABLE), str(folder / RERANK_CSV), str(folder / RERANK_FILE)]
     table.to_parquet(folder / RERANK_TABLE, index=False)
     table.to_csv(folder / RERANK_CSV, index=False)
+    image_table = _image_table(per_image, prompts, seeds)
+    if image_table is not None:
+        image_table.to_parquet(folder / RERANK_IMAGES, index=False)
+        files.append(str(folder / RERANK_IMAGES))
     from crdiff_search.commands.generate import compare_grid
 
     poa_w = best["w"] if best["w"] != 1.0 else max(weights)
@@ -351,6 +370,7 @@ def rerank(
         "top_k": top_k,
         "n_prompts": len(prompts),
         "prompt_seed_base": seeds[0],
+        "confidence": CONFIDENCE,
         "dense_score": dense_score,
         "winner": winner,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -361,6 +381,89 @@ def rerank(
         info["rerank_run_id"] = run_id
     (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return RerankResult(table, winner, dense_score, folder, run_id, files)
+
+
+STAT_COLUMNS = (
+    "delta_low",
+    "delta_high",
+    "p_vs_dense",
+    "wins",
+    "ties",
+    "losses",
+    "poa_gain",
+    "poa_gain_low",
+    "poa_gain_high",
+)
+
+
+def _paired_stats(
+    per_image: dict[tuple[str, float | None], list[float] | None], mode: str
+) -> dict[tuple[str, float | None], dict[str, float]]:
+    """For every non-dense row: its difference from dense over the same prompts and seeds, as a
+    bootstrap interval, a Wilcoxon signed-rank p-value and per-prompt wins/ties/losses; for POA
+    rows also the gain over the same candidate without POA (``poa_gain``, with its interval).
+    Empty when the objective has no per-image values (a set metric such as FID)."""
+    import numpy as np
+
+    from analysis.stats import paired_difference
+
+    dense = per_image.get(("dense", None))
+    if dense is None or any(v is None for v in per_image.values()):
+        return {}
+    maximize = mode != "min"
+    out = {}
+    for (trial_id, w), values in per_image.items():
+        if trial_id == "dense":
+            continue
+        vs_dense = paired_difference(
+            np.asarray(values), np.asarray(dense), maximize=maximize, confidence=CONFIDENCE
+        )
+        stats = {
+            "delta_low": vs_dense["ci_low"],
+            "delta_high": vs_dense["ci_high"],
+            "p_vs_dense": vs_dense["p"],
+            "wins": vs_dense["wins"],
+            "ties": vs_dense["ties"],
+            "losses": vs_dense["losses"],
+        }
+        pruned = per_image.get((trial_id, 1.0))
+        if w != 1.0 and pruned is not None:
+            gain = paired_difference(
+                np.asarray(values), np.asarray(pruned), maximize=maximize, confidence=CONFIDENCE
+            )
+            stats.update(
+                poa_gain=gain["delta"], poa_gain_low=gain["ci_low"], poa_gain_high=gain["ci_high"]
+            )
+        out[(trial_id, w)] = stats
+    return out
+
+
+def _image_table(per_image, prompts: Sequence[str], seeds: Sequence[int]):
+    """Long table of the paired per-prompt scores (None without per-image values)."""
+    import pandas as pd
+
+    if any(v is None for v in per_image.values()):
+        return None
+    rows = [
+        {
+            "kind": "dense" if trial_id == "dense" else ("pruned" if w == 1.0 else "poa"),
+            "trial_id": trial_id,
+            "w": w,
+            "prompt_index": i,
+            "prompt": prompts[i],
+            "seed": int(seeds[i]),
+            "score": float(v),
+        }
+        for (trial_id, w), values in per_image.items()
+        for i, v in enumerate(values)
+    ]
+    return pd.DataFrame.from_records(rows)
+
+
+def _plain(value, kind=float):
+    """A JSON-ready number: NaN (no per-image values) becomes None."""
+    value = float(value)
+    return None if math.isnan(value) else kind(value)
 
 
 def _gather(
@@ -433,6 +536,9 @@ def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
         Metric("winner_score", info["winner"]["score"], now, 0),
         Metric("winner_score_delta", info["winner"]["score_delta"], now, 0),
     ]
+    for key in ("delta_low", "delta_high", "p_vs_dense"):
+        if info["winner"].get(key) is not None:
+            metrics.append(Metric(f"winner_{key}", info["winner"][key], now, 0))
     for row in table.to_dict("records"):
         if row["kind"] == "dense":
             continue
@@ -456,7 +562,10 @@ def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
 
 
 def format_table(table, groups: Sequence[str] | None = None) -> str:
-    cols = ["rank", "kind", "trial_id", "w", "score", "score_delta", "search_score"]
+    cols = ["rank", "kind", "trial_id", "w", "score", "score_delta"]
+    if "delta_low" in table.columns and table["delta_low"].notna().any():
+        cols += ["delta_low", "delta_high", "p_vs_dense", "poa_gain"]
+    cols += ["search_score"]
     cols += [c for c in table.columns if c.startswith("ratio.") or c.startswith("obj.")]
     view = table[cols].copy()
     return view.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
@@ -488,6 +597,8 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True):
             "search": win["search_score"],
         }
         scores.update({f"secondary.{k}": v for k, v in win.get("secondary", {}).items()})
+        if win.get("delta_low") is not None:  # the interval of recipe - dense, held out
+            scores["delta_ci_low"], scores["delta_ci_high"] = win["delta_low"], win["delta_high"]
         revision = info.get("model_revision")
         run_id = info.get("rerank_run_id")
     else:

@@ -24,6 +24,7 @@ class Objective(ABC):
 
     name: str = ""
     higher_is_better: bool = True
+    per_image: bool = True  # False for set metrics (FID): every image gets the set's value
 
     @abstractmethod
     def score(self, images: Sequence[Any], prompts: Sequence[str]) -> np.ndarray:

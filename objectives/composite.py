@@ -92,6 +92,8 @@ class CompositeObjective(Objective):
             if getattr(scorer, "per_image", True) is False and term.relative:
                 raise UsageError(f"{term.name!r} is a set metric and cannot be relative per image")
         self._dense: dict[int, dict[str, list[float]]] = {}
+        # a set-metric term gives every image the set's value: no per-image values then
+        self.per_image = all(getattr(s, "per_image", True) for s in self.scorers)
 
     def set_dense(self, images: Sequence[Any], prompts: Sequence[str]) -> None:
         """Score the dense model's images once; relative terms subtract these."""

@@ -173,3 +173,31 @@ def test_methods_that_proposed_the_same_ratios_are_found():
         }
     )
     assert identical_methods(table) == [("tpe", "random")]
+
+
+def test_paired_difference_interval_test_and_counts():
+    from analysis.stats import paired_difference
+
+    rng = np.random.default_rng(3)
+    base = rng.random(200)
+    better = base + 0.05 + 0.05 * rng.standard_normal(200)
+    res = paired_difference(better, base, n_resamples=2000)
+    assert res["n"] == 200 and res["wins"] + res["ties"] + res["losses"] == 200
+    assert res["ci_low"] < res["delta"] < res["ci_high"]
+    assert res["ci_low"] > 0.0 and res["p"] < 1e-6  # a real shift is found
+    assert res == paired_difference(better, base, n_resamples=2000)  # seeded: repeatable
+    # lower is better: wins and losses swap, the difference keeps its sign
+    low = paired_difference(better, base, maximize=False, n_resamples=2000)
+    assert (low["wins"], low["losses"]) == (res["losses"], res["wins"])
+    assert low["delta"] == res["delta"]
+    # noise alone: the interval holds zero
+    noise = paired_difference(base + 0.05 * rng.standard_normal(200), base, n_resamples=2000)
+    assert noise["ci_low"] < 0.0 < noise["ci_high"] and noise["p"] > 0.01
+    # no difference at all
+    same = paired_difference(base, base)
+    assert same["ci_low"] == same["ci_high"] == 0.0 and same["p"] == 1.0
+    assert same["ties"] == 200
+    with pytest.raises(ValueError, match="equal lengths"):
+        paired_difference(base, base[:10])
+    with pytest.raises(ValueError, match="confidence"):
+        paired_difference(base, base, confidence=1.5)

@@ -112,6 +112,7 @@ def test_composite_is_the_weighted_sum():
     ]
     # Its scorers come from the shared cache.
     assert obj.scorers[0] is create_objective("test-brightness")
+    assert obj.per_image  # every term scores images one by one
 
 
 def test_relative_terms_subtract_the_dense_score_per_prompt_and_seed():

@@ -85,6 +85,9 @@ def test_evaluate_candidate_rows_in_process():
     assert dense["kind"] == "dense" and dense["model_revision"].startswith("sha256:")
     assert [(r["kind"], r["w"]) for r in rows] == [("pruned", 1.0), ("poa", 1.5)]
     assert all(np.isfinite(r["score"]) and "obj.scene" in r for r in rows)
+    for row in (dense, *rows):  # per-image values whose mean is the row's score
+        assert len(row["image_scores"]) == 2
+        assert np.mean(row["image_scores"]) == pytest.approx(row["score"], abs=1e-12)
     arrays = [
         np.asarray(im) for im in (dense["images"][0], rows[0]["images"][0], rows[1]["images"][0])
     ]
@@ -140,3 +143,54 @@ def test_recipe_from_study_folder(tmp_path):
         and recipe.steps == config.model.steps
     )
     assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_paired_stats_against_dense_and_pruned():
+    from crdiff_search.rerank import _image_table, _paired_stats
+
+    dense = [0.0, 0.5, 1.0, 0.5] * 8
+    pruned = [v + 0.1 for v in dense]
+    poa = [v + 0.3 for v in dense]
+    per = {("dense", None): dense, ("t1", 1.0): pruned, ("t1", 1.5): poa}
+    stats = _paired_stats(per, "max")
+    assert set(stats) == {("t1", 1.0), ("t1", 1.5)}
+    s = stats[("t1", 1.5)]
+    assert s["delta_low"] == pytest.approx(0.3) and s["delta_high"] == pytest.approx(0.3)
+    assert s["poa_gain"] == pytest.approx(0.2) and s["wins"] == 32 and s["losses"] == 0
+    assert s["p_vs_dense"] < 1e-6
+    assert "poa_gain" not in stats[("t1", 1.0)]
+    # lower is better: the same differences count as losses
+    assert _paired_stats(per, "min")[("t1", 1.5)]["losses"] == 32
+    # a set metric (no per-image values) gives no statistics and no per-image table
+    assert _paired_stats({**per, ("t1", 2.0): None}, "max") == {}
+    assert _image_table({("dense", None): None}, ["p"], [1]) is None
+    table = _image_table(per, [f"p{i}" for i in range(32)], list(range(100, 132)))
+    assert len(table) == 96 and set(table["kind"]) == {"dense", "pruned", "poa"}
+    assert table[table["kind"] == "poa"]["seed"].tolist() == list(range(100, 132))
+
+
+def test_image_values_only_for_mean_of_per_image_objectives():
+    from crdiff_search.runner.worker import WorkerState
+    from objectives.base import Objective
+
+    class Const(Objective):
+        name = "const"
+
+        def score(self, images, prompts):
+            return np.ones(len(images))
+
+    class SetMetric(Const):
+        per_image = False
+
+    class Median(Const):
+        def aggregate(self, scores):
+            return float(np.median(scores))
+
+    def state(objectives):
+        return WorkerState(None, None, objectives, {}, "cpu", 0.0)
+
+    per = {"a": np.array([1.0, 3.0]), "b": np.array([0.0, 2.0])}
+    values = state([("a", 1.0, Const()), ("b", -0.5, Const())]).image_values(per)
+    assert values.tolist() == [1.0, 2.0]
+    assert state([("a", 1.0, Const()), ("b", 1.0, SetMetric())]).image_values(per) is None
+    assert state([("a", 1.0, Median())]).image_values(per) is None

@@ -47,6 +47,21 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     dense = table[table["kind"] == "dense"].iloc[0]
     assert info["dense_score"] == dense["score"] and dense["score_delta"] == 0.0
     assert (table["score_delta"] == table["score"] - dense["score"]).all()
+    # the paired per-prompt scores: their means are the table's scores, and the intervals
+    # and counts are taken against the dense row over the same prompts
+    per = pd.read_parquet(study / "rerank_images.parquet")
+    assert len(per) == 3 * len(table) and set(per["prompt_index"]) == {0, 1, 2}
+    means = per.groupby(["trial_id", "kind"])["score"].mean()
+    for row in table.to_dict("records"):
+        assert means[(row["trial_id"], row["kind"])] == pytest.approx(row["score"], abs=1e-12)
+    searched = table[table["kind"] != "dense"]
+    assert (searched["delta_low"] <= searched["score_delta"] + 1e-12).all()
+    assert (searched["score_delta"] <= searched["delta_high"] + 1e-12).all()
+    assert (searched[["wins", "ties", "losses"]].sum(axis=1) == 3).all()
+    poa = table[table["kind"] == "poa"].iloc[0]
+    pruned = table[table["kind"] == "pruned"].iloc[0]
+    assert poa["poa_gain"] == pytest.approx(poa["score"] - pruned["score"], abs=1e-12)
+    assert info["winner"]["delta_low"] is not None and info["confidence"] == 0.95
     run = Registry(uri).client.get_run(info["rerank_run_id"])
     assert run.data.tags["mlflow.parentRunId"] and "winner_score" in run.data.metrics
     assert (study / "rerank_compare.png").is_file()
@@ -55,6 +70,7 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     recipe = Registry(uri).get("testbed", "48x48", strict=True)
     assert recipe.study_id == info["study_id"] and recipe.poa_w == info["winner"]["w"]
     assert recipe.scores["dense"] == info["dense_score"]
+    assert recipe.scores["delta_ci_low"] == info["winner"]["delta_low"]
     assert recipe.model_revision.startswith("sha256:")
 
     images = tmp_path / "images"

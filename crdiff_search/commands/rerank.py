@@ -62,9 +62,16 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(format_table(result.table))
     win = result.winner
+    interval = ""
+    if win.get("delta_low") is not None:
+        interval = (
+            f", 95% CI [{win['delta_low']:+.4f}, {win['delta_high']:+.4f}], "
+            f"p={win['p_vs_dense']:.3g}; better on {win['wins']}, equal on {win['ties']}, "
+            f"worse on {win['losses']} prompts"
+        )
     print(
         f"\nwinner: trial {win['trial_id']} at w={win['w']:g}: score {win['score']:.4f} "
-        f"(dense {result.dense_score:.4f}, delta {win['score_delta']:+.4f}; "
+        f"(dense {result.dense_score:.4f}, delta {win['score_delta']:+.4f}{interval}; "
         f"without POA {win['pruned_score']:.4f})"
     )
     print(f"saved: {', '.join(result.files)}")

@@ -114,6 +114,23 @@ class WorkerState:
             total += weight * float(obj.aggregate(per_objective[name]))
         return total
 
+    def image_values(self, per_objective: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """Each image's share of the trial value (the weighted sum of its objective scores),
+        whose mean is :meth:`combine`; ``None`` when an objective is a set metric (FID, KID) or
+        aggregates otherwise than by the mean, so that no per-image value exists."""
+        from objectives.base import Objective
+
+        total = None
+        for name, weight, obj in self.objectives:
+            if (
+                not getattr(obj, "per_image", True)
+                or type(obj).aggregate is not Objective.aggregate
+            ):
+                return None
+            part = weight * np.asarray(per_objective[name], dtype=np.float64)
+            total = part if total is None else total + part
+        return total
+
     def sparsity(self) -> tuple[float, dict[str, float]]:
         per_group = {g: float(v) for g, v in self.pruner.sparsity().items()}
         n = sum(self.group_sizes.values())
