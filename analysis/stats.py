@@ -323,22 +323,19 @@ def paired_difference(
         "losses": int((better < 0).sum()),
         "n": int(diff.size),
     }
-    if diff.size < 2 or np.ptp(diff) == 0:
-        if np.any(diff != 0) and diff.size >= 2:  # every item moved by the same amount
-            out["p"] = float(stats.wilcoxon(diff, zero_method="pratt").pvalue)
-        return out
-    res = stats.bootstrap(
-        (diff,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=n_resamples,
-        method="percentile",
-        rng=np.random.default_rng(seed),
-    )
-    out["ci_low"] = float(res.confidence_interval.low)
-    out["ci_high"] = float(res.confidence_interval.high)
-    if np.any(diff != 0):
+    if diff.size >= 2 and np.any(diff != 0):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", UserWarning)  # normal approximation with ties
             out["p"] = float(stats.wilcoxon(diff, zero_method="pratt").pvalue)
+    if diff.size >= 2 and np.ptp(diff) > 0:  # else every resample has the same mean
+        res = stats.bootstrap(
+            (diff,),
+            np.mean,
+            confidence_level=confidence,
+            n_resamples=n_resamples,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
+        out["ci_low"] = float(res.confidence_interval.low)
+        out["ci_high"] = float(res.confidence_interval.high)
     return out

@@ -356,14 +356,7 @@ def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _combine(dense_out, pruned_out, w: float):
-    if isinstance(pruned_out, torch.Tensor):
-        return _mix(dense_out, pruned_out, w)
-    if isinstance(pruned_out, tuple):
-        return (_mix(dense_out[0], pruned_out[0], w), *pruned_out[1:])
-    if hasattr(pruned_out, "sample"):
-        pruned_out.sample = _mix(dense_out.sample, pruned_out.sample, w)
-        return pruned_out
-    raise TypeError(f"cannot combine denoiser outputs of type {type(pruned_out).__name__}")
+    return _replace(pruned_out, _mix(_main(dense_out), _main(pruned_out), w))
 
 
 def num_train_timesteps_of(pipe) -> int:

@@ -38,6 +38,18 @@ RERANK_GRID = "rerank_compare.png"
 RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
 CONFIDENCE = 0.95
 N_SHOW = 8  # images per row kept for the comparison grid
+# per-prompt comparison columns of the table (empty without per-image values)
+STAT_COLUMNS = (
+    "delta_low",
+    "delta_high",
+    "p_vs_dense",
+    "wins",
+    "ties",
+    "losses",
+    "poa_gain",
+    "poa_gain_low",
+    "poa_gain_high",
+)
 
 
 @dataclass
@@ -381,19 +393,6 @@ def rerank(
         info["rerank_run_id"] = run_id
     (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return RerankResult(table, winner, dense_score, folder, run_id, files)
-
-
-STAT_COLUMNS = (
-    "delta_low",
-    "delta_high",
-    "p_vs_dense",
-    "wins",
-    "ties",
-    "losses",
-    "poa_gain",
-    "poa_gain_low",
-    "poa_gain_high",
-)
 
 
 def _paired_stats(

@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crdiff_search.errors import UsageError
-    from crdiff_search.rerank import format_table, parse_weights, rerank
+    from crdiff_search.rerank import CONFIDENCE, format_table, parse_weights, rerank
 
     weights = parse_weights(args.w)
     if args.top_k < 1:
@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
     interval = ""
     if win.get("delta_low") is not None:
         interval = (
-            f", 95% CI [{win['delta_low']:+.4f}, {win['delta_high']:+.4f}], "
+            f", {CONFIDENCE:.0%} CI [{win['delta_low']:+.4f}, {win['delta_high']:+.4f}], "
             f"p={win['p_vs_dense']:.3g}; better on {win['wins']}, equal on {win['ties']}, "
             f"worse on {win['losses']} prompts"
         )
