@@ -38,7 +38,8 @@ from __future__ import annotations
 import inspect
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -123,22 +124,24 @@ class PrunedOutputAmplifier:
         for param, dense in self._pairs:
             module = owner_of[id(param)]
             self._owners.setdefault(id(module), (module, []))[1].append((param, dense))
-        unsplittable = [
-            type(m).__name__ for m, _ in self._owners.values() if not isinstance(m, SPLITTABLE)
-        ]
+        unsplittable = any(not isinstance(m, SPLITTABLE) for m, _ in self._owners.values())
         if batched not in BATCHED_CHOICES or not isinstance(batched, (bool, str)):
             raise UsageError(f"batched={batched!r}: use True, False or 'auto'")
         self.batched: bool | str = False if unsplittable else batched
-        self.mode = {True: "batched", False: "sequential", "auto": "auto"}[self.batched]
         self.batched_steps = 0  # amplified steps run as one forward
         names = {id(m): n for n, m in denoiser.named_modules()}
         self._split_key = frozenset(names[key] for key in self._owners)
         known = _CHECKED.get(denoiser, {}).get(self._split_key)
         if known is False:
-            self.batched, self.mode = False, "sequential"
+            self.batched = False
         self._checked = known is not None
         self._splitting = False
         self._owner_forwards: list[tuple[nn.Module, bool, object]] = []
+
+    @property
+    def mode(self) -> str:
+        """``"batched"``, ``"auto"`` or ``"sequential"`` (after any fallback)."""
+        return {True: "batched", False: "sequential", "auto": "auto"}[self.batched]
 
     # -- context management -------------------------------------------------------------------
     def __enter__(self) -> PrunedOutputAmplifier:
@@ -199,15 +202,9 @@ class PrunedOutputAmplifier:
             except torch.OutOfMemoryError:
                 # twice the batch did not fit: the two passes need only the usual activations
                 out = None
-                self.batched, self.mode = False, "sequential"
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                warnings.warn(
-                    "POA: out of memory in the batched pass (twice the batch); using two passes "
-                    "from now on",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                self._fall_back("out of memory in the batched pass (twice the batch)")
             if out is not None:
                 if not self._checked:
                     self._checked = True
@@ -215,17 +212,17 @@ class PrunedOutputAmplifier:
                     agrees = _close(_main(out), _main(reference))
                     _CHECKED.setdefault(self.denoiser, {})[self._split_key] = agrees
                     if not agrees:
-                        warnings.warn(
-                            f"POA: the batched pass of {type(self.denoiser).__name__} differs "
-                            "from two separate passes (a layer mixes samples across the batch); "
-                            "using two passes from now on",
-                            RuntimeWarning,
-                            stacklevel=2,
+                        self._fall_back(
+                            f"the batched pass of {type(self.denoiser).__name__} differs from "
+                            "two separate passes (a layer mixes samples across the batch)"
                         )
-                        self.batched, self.mode = False, "sequential"
                         return reference
                 return out
         return self._two_passes(inner, args, kwargs, w)
+
+    def _fall_back(self, reason: str) -> None:
+        self.batched = False
+        warnings.warn(f"POA: {reason}; using two passes from now on", RuntimeWarning, stacklevel=3)
 
     def _two_passes(self, inner, args, kwargs, w: float):
         dense_out = self._dense_pass(inner, args, kwargs)
@@ -260,27 +257,15 @@ class PrunedOutputAmplifier:
             if not self._splitting:
                 return forward(x, *args, **kwargs)
             half = x.shape[0] // 2
-            saved = [param.data for param, _ in pairs]
-            try:
-                for param, dense in pairs:
-                    param.data = dense
+            with _dense_weights(pairs):
                 top = forward(x[:half], *args, **kwargs)
-            finally:
-                for (param, _), pruned in zip(pairs, saved, strict=True):
-                    param.data = pruned
             return torch.cat((top, forward(x[half:], *args, **kwargs)))
 
         return split
 
     def _dense_pass(self, inner, args, kwargs):
-        saved = [param.data for param, _ in self._pairs]
-        try:
-            for param, dense in self._pairs:
-                param.data = dense
+        with _dense_weights(self._pairs):
             return inner(*args, **kwargs)
-        finally:
-            for (param, _), pruned in zip(self._pairs, saved, strict=True):
-                param.data = pruned
 
     def _timestep(self, args, kwargs):
         if "timestep" in kwargs:
@@ -311,6 +296,19 @@ def _scalar_timestep(timestep) -> float | None:
 
 def _mix(dense: torch.Tensor, pruned: torch.Tensor, w: float) -> torch.Tensor:
     return (1.0 - w) * dense + w * pruned
+
+
+@contextmanager
+def _dense_weights(pairs: Sequence[tuple[torch.nn.Parameter, torch.Tensor]]) -> Iterator[None]:
+    """The parameters point at their dense tensors inside the block (no copy), back after."""
+    saved = [param.data for param, _ in pairs]
+    try:
+        for param, dense in pairs:
+            param.data = dense
+        yield
+    finally:
+        for (param, _), pruned in zip(pairs, saved, strict=True):
+            param.data = pruned
 
 
 def _double(value, batch: int):
