@@ -194,8 +194,9 @@ def _findings(
         return ["No study completed a trial."]
     lead = ranked.iloc[0]
     lines = [
-        f"Best median final score: **{lead['method']}** ({fmt(lead['median'])}, IQR "
-        f"{fmt(lead['q25'])} to {fmt(lead['q75'])}, {lead['seeds']} seeds)."
+        _winner_line(ranked, pairs, maximize),
+        f"Highest median final score: {lead['method']} ({fmt(lead['median'])}, IQR "
+        f"{fmt(lead['q25'])} to {fmt(lead['q75'])}, {lead['seeds']} seeds).",
     ]
     if np.isfinite(kruskal.get("p", np.nan)):
         verdict = "differ" if kruskal["p"] < ALPHA else "are not distinguishable"
@@ -233,6 +234,36 @@ def _findings(
                 f"{_verdict(row['p'], row['p_holm'])}."
             )
     return lines
+
+
+def _winner_line(ranked: pd.DataFrame, pairs: pd.DataFrame, maximize: bool) -> str:
+    """Names a winner only when the seeds can support one: the method with the best median,
+    ahead of every other method by a pairwise test after Holm's correction."""
+    lead = ranked.iloc[0]["method"]
+    if len(ranked) < 2:
+        return f"Only one method ({lead}) completed: nothing to compare."
+    fewest = int(ranked["seeds"].min())
+    if fewest < 2:
+        return (
+            f"**No winner can be named**: with {fewest} seed for some method there is no "
+            "spread to test a difference against; run more seeds (`--seeds 0-5`)."
+        )
+    mine = pairs[(pairs["a"] == lead) | (pairs["b"] == lead)]
+    behind = []
+    for _, row in mine.iterrows():
+        shift = row["shift"] if row["a"] == lead else -row["shift"]
+        if not (row["p_holm"] < ALPHA and (shift > 0) == maximize and shift != 0):
+            behind.append(row["b"] if row["a"] == lead else row["a"])
+    if len(mine) == len(ranked) - 1 and not behind:
+        return (
+            f"**Winner: {lead}**: ahead of every other method, each pair significant at {ALPHA} "
+            "after Holm's correction."
+        )
+    shown = ", ".join(behind) if behind else "the others"
+    return (
+        f"**No winner**: {lead} has the highest median, but it is not significantly ahead of "
+        f"{shown} at {ALPHA} after Holm's correction ({fewest} or more seeds per method)."
+    )
 
 
 def _resolution_note(pairs: pd.DataFrame) -> str:

@@ -93,7 +93,7 @@ class PromptSpec:
 
     items: tuple[str, ...] = ()
     file: str = ""
-    count: int = 8
+    count: int = 32
     seeds: int | tuple[int, ...] = 0
     chunk_size: int = 0
     batch_size: int = 0
@@ -127,7 +127,7 @@ class RatioBounds:
     """Search bounds for each group's pruning ratio: a default and per-group overrides."""
 
     low: float = 0.0
-    high: float = 0.6
+    high: float = 0.95
     groups: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def bounds(self, group: str) -> tuple[float, float]:
@@ -140,8 +140,8 @@ class SearchSpec:
 
     sampler: str = "anneal"
     sampler_options: Mapping[str, Any] = field(default_factory=dict)
-    trials: int = 24
-    concurrency: int = 1
+    trials: int = 30
+    concurrency: int = 2
     seed: int = 0
     early_stopping: bool = False
     retries: int = 1
@@ -165,6 +165,25 @@ class TrackingSpec:
     experiment: str = ""
 
 
+@dataclass(frozen=True)
+class RerankSpec:
+    """The held-out verdict: the search's ``top_k`` trials at each POA weight, next to the dense
+    model, on prompts the search never saw (``crdiff rerank``; right after the search itself
+    when ``after_search``).
+
+    ``prompts`` held-out prompts: the lines of ``file``; without a file, the testbed's scene
+    grammar sampled with ``seed`` (captions of the search set left out), or the study prompt
+    file's lines after those the search used. Generation seeds are ``seed + i``.
+    """
+
+    after_search: bool = True
+    top_k: int = 3
+    weights: tuple[float, ...] = (1.0, 1.5)
+    prompts: int = 128
+    seed: int = 10_000
+    file: str = ""
+
+
 _SECTIONS = {
     "model": ModelSpec,
     "prompts": PromptSpec,
@@ -174,6 +193,7 @@ _SECTIONS = {
     "search": SearchSpec,
     "resources": Resources,
     "tracking": TrackingSpec,
+    "rerank": RerankSpec,
 }
 _TOP_LEVEL = ("version", "study", "resolution", "output", "plugins")
 
@@ -184,7 +204,7 @@ class ExperimentConfig:
 
     version: int = CONFIG_VERSION
     study: str = "testbed"
-    resolution: str = "48x48"
+    resolution: str = "24x24"
     output: str = ""  # empty: runs/<study>
     # Modules imported by the driver and every worker before objectives are built: the place
     # for custom scorers that call objectives.register_objective at import.
@@ -197,6 +217,7 @@ class ExperimentConfig:
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: Resources = field(default_factory=Resources)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    rerank: RerankSpec = field(default_factory=RerankSpec)
 
     # ---- derived values
     @property
@@ -336,14 +357,14 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def read_prompt_file(path: str | os.PathLike) -> list[str]:
+def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> list[str]:
     p = Path(path)
     if not p.is_file():
-        raise UsageError(f"prompts.file {str(p)!r} does not exist")
+        raise UsageError(f"{where} {str(p)!r} does not exist")
     lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
-        raise UsageError(f"prompts.file {str(p)!r} holds no prompts (one per line)")
+        raise UsageError(f"{where} {str(p)!r} holds no prompts (one per line)")
     return prompts
 
 
@@ -444,7 +465,7 @@ def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentC
         raise UsageError(
             f"study = {study!r}: use letters, digits, '.', '_' and '-' (it names folders and runs)"
         )
-    resolution = _expect("resolution", data.get("resolution", "48x48"), "str")
+    resolution = _expect("resolution", data.get("resolution", ExperimentConfig.resolution), "str")
     w, h = parse_resolution(resolution)
     output = _expect("output", data.get("output", ""), "str")
     plugins = tuple(_plugins(data.get("plugins", [])))
@@ -457,6 +478,7 @@ def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentC
     search = _search(_section(data, "search", SearchSpec))
     resources = _resources(_section(data, "resources", Resources))
     tracking = _tracking(_section(data, "tracking", TrackingSpec))
+    rerank = _rerank(_section(data, "rerank", RerankSpec), base_dir)
     return ExperimentConfig(
         version=version,
         study=study,
@@ -471,6 +493,7 @@ def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentC
         search=search,
         resources=resources,
         tracking=tracking,
+        rerank=rerank,
     )
 
 
@@ -530,7 +553,7 @@ def _prompts(raw: dict, model: ModelSpec, base_dir: Path | None) -> PromptSpec:
             "model samples its own captions"
         )
     available = len(items) if items else (n_file if file else None)
-    count = _expect("prompts.count", raw.get("count", available or 8), "int")
+    count = _expect("prompts.count", raw.get("count", available or PromptSpec.count), "int")
     _at_least("prompts.count", count, 1)
     if available is not None and count > available:
         raise UsageError(
@@ -622,8 +645,8 @@ def _bounds(where: str, low: float, high: float) -> tuple[float, float]:
 
 
 def _ratios(raw: dict) -> RatioBounds:
-    low = _expect("ratios.low", raw.get("low", 0.0), "float")
-    high = _expect("ratios.high", raw.get("high", 0.6), "float")
+    low = _expect("ratios.low", raw.get("low", RatioBounds.low), "float")
+    high = _expect("ratios.high", raw.get("high", RatioBounds.high), "float")
     _bounds("ratios [low, high]", low, high)
     groups = _expect("ratios.groups", raw.get("groups", {}), "table")
     parsed = {}
@@ -642,8 +665,8 @@ def _search(raw: dict) -> SearchSpec:
 
     sampler = _choice("search.sampler", raw.get("sampler", "anneal"), list(SAMPLER_NAMES))
     options = dict(_expect("search.sampler_options", raw.get("sampler_options", {}), "table"))
-    trials = _at_least("search.trials", _expect("search.trials", raw.get("trials", 24), "int"), 1)
-    concurrency = _expect("search.concurrency", raw.get("concurrency", 1), "int")
+    trials = _at_least("search.trials", _expect("search.trials", raw.get("trials", SearchSpec.trials), "int"), 1)
+    concurrency = _expect("search.concurrency", raw.get("concurrency", SearchSpec.concurrency), "int")
     _at_least("search.concurrency", concurrency, 1)
     retries = _at_least(
         "search.retries", _expect("search.retries", raw.get("retries", 1), "int"), 0
@@ -687,6 +710,52 @@ def _tracking(raw: dict) -> TrackingSpec:
         uri=_expect("tracking.uri", raw.get("uri", ""), "str"),
         experiment=_expect("tracking.experiment", raw.get("experiment", ""), "str"),
     )
+
+
+def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
+    top_k = _at_least("rerank.top_k", _expect("rerank.top_k", raw.get("top_k", RerankSpec.top_k), "int"), 1)
+    weights = _expect("rerank.weights", raw.get("weights", list(RerankSpec.weights)), "list")
+    weights = [_expect(f"rerank.weights[{i}]", w, "float") for i, w in enumerate(weights)]
+    if not weights:
+        raise UsageError("rerank.weights is empty; give POA weights such as [1.0, 1.5]")
+    bad = [w for w in weights if w < 0]
+    if bad:
+        raise UsageError(f"rerank.weights: {bad[0]} is negative; valid: w >= 0 (1.0: no POA)")
+    count = _at_least(
+        "rerank.prompts", _expect("rerank.prompts", raw.get("prompts", RerankSpec.prompts), "int"), 1
+    )
+    file = _expect("rerank.file", raw.get("file", ""), "str")
+    if file:
+        path = Path(file).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        read_prompt_file(path, "rerank.file")  # raises when missing or empty
+        file = str(path)
+    return RerankSpec(
+        after_search=_expect("rerank.after_search", raw.get("after_search", RerankSpec.after_search), "bool"),
+        top_k=top_k,
+        weights=tuple(dict.fromkeys(weights)),
+        prompts=count,
+        seed=_expect("rerank.seed", raw.get("seed", RerankSpec.seed), "int"),
+        file=file,
+    )
+
+
+def check_heldout(config: ExperimentConfig) -> None:
+    """A verdict after the search (``rerank.after_search``) needs prompts the search does not
+    use: raises before Ray starts when there are none. ``crdiff search`` and ``crdiff launch``
+    call it; a study run from Python (``run_study``) does not re-rank and needs none."""
+    prompts, model, rerank = config.prompts, config.model, config.rerank
+    if not rerank.after_search or rerank.file or model.source == "testbed":
+        return
+    left = len(read_prompt_file(prompts.file)) - prompts.count if prompts.file else 0
+    if left < 1:
+        where = f"every prompt of {prompts.file!r}" if prompts.file else "inline prompts.items"
+        raise UsageError(
+            f"rerank.after_search = true but the search uses {where}, leaving no held-out "
+            "prompts; set rerank.file to a held-out prompt file, lower prompts.count, or set "
+            "rerank.after_search = false"
+        )
 
 
 def _plain(value: Any) -> Any:
@@ -848,6 +917,22 @@ def model_info(source: str) -> ModelInfo | None:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return None
     return _hub_info(source, local_only=False)
+
+
+def training_resolution(source: str) -> tuple[int, int] | None:
+    """The size a model was trained at, from its config: the testbed's constant, else the
+    denoiser's ``sample_size`` times the VAE's factor of 8 (None when unknown)."""
+    if source == "testbed":
+        from crdiff_search.testbed import TRAINING_RESOLUTION
+
+        return TRAINING_RESOLUTION
+    info = model_info(source)
+    size = (info.denoiser_config or {}).get("sample_size") if info else None
+    if isinstance(size, int):
+        return size * 8, size * 8
+    if isinstance(size, list | tuple) and len(size) == 2:
+        return int(size[1]) * 8, int(size[0]) * 8
+    return None
 
 
 def meta_denoiser(info: ModelInfo):

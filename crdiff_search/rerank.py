@@ -27,10 +27,6 @@ from typing import Any
 
 from crdiff_search.errors import UsageError
 
-DEFAULT_WEIGHTS = (1.0, 1.25, 1.5, 2.0)
-DEFAULT_TOP_K = 5
-DEFAULT_HELDOUT_PROMPTS = 64
-HELDOUT_SEED_OFFSET = 10_000  # held-out prompts and generation seeds differ from the search's
 RERANK_TABLE = "rerank.parquet"
 RERANK_CSV = "rerank.csv"
 RERANK_FILE = "rerank.json"
@@ -60,6 +56,7 @@ class RerankResult:
     out_dir: Path
     run_id: str | None = None
     files: list[str] = field(default_factory=list)
+    verdict: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_weights(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -116,35 +113,46 @@ def top_trials(trials, groups: Sequence[str], k: int, mode: str) -> list[dict[st
 
 
 def heldout_prompts(
-    config, *, n: int | None, prompts_file: str | None
+    config, *, n: int | None = None, prompts_file: str | None = None, seed: int | None = None
 ) -> tuple[list[str], list[int]]:
-    """Held-out prompts and seeds: a file, the testbed's grammar with another seed, or the
-    prompts of the study's own file beyond those the search used."""
+    """Held-out prompts and generation seeds (``seed + i``), by default those of the
+    experiment's ``[rerank]`` section: the lines of a file; for the testbed, captions from its
+    grammar drawn with ``seed``, none of them in the search set; or the lines of the study's
+    own prompt file after those the search used."""
     from crdiff_search.config import read_prompt_file
 
+    spec = config.rerank
+    count = n or spec.prompts
+    base = spec.seed if seed is None else seed
+    prompts_file = prompts_file or spec.file
     if prompts_file:
-        prompts = read_prompt_file(prompts_file)
-        if n:
-            prompts = prompts[:n]
+        prompts = read_prompt_file(prompts_file, "held-out prompts file")[:count]
     elif config.model.source == "testbed":
         from crdiff_search.testbed.scenes import sample_captions
 
-        count = n or max(DEFAULT_HELDOUT_PROMPTS, 2 * config.prompts.count)
-        prompts = list(sample_captions(count, config.search.seed + HELDOUT_SEED_OFFSET))
+        prompts = sample_captions(count, base, exclude=config.prompt_list())
     elif config.prompts.file:
         pool = read_prompt_file(config.prompts.file)[config.prompts.count :]
         if not pool:
             raise UsageError(
                 f"the study used every prompt of {config.prompts.file!r}: pass --prompts FILE "
-                "with held-out prompts"
+                "(or set rerank.file) with held-out prompts"
             )
-        prompts = pool[: n or max(DEFAULT_HELDOUT_PROMPTS, 2 * config.prompts.count)]
+        prompts = pool[:count]
     else:
         raise UsageError("this study has no held-out prompts: pass --prompts FILE")
     if not prompts:
         raise UsageError("the held-out prompt set is empty")
-    base = config.search.seed + HELDOUT_SEED_OFFSET
     return prompts, [base + i for i in range(len(prompts))]
+
+
+def heldout_source(config, prompts_file: str | None = None) -> str:
+    """Where the held-out prompts come from, in words (for ``rerank.json`` and recipes)."""
+    if prompts_file or config.rerank.file:
+        return f"file {prompts_file or config.rerank.file}"
+    if config.model.source == "testbed":
+        return "testbed scene grammar, search captions excluded"
+    return f"file {config.prompts.file}, lines after the first {config.prompts.count}"
 
 
 def _task_settings(config, prompts, seeds) -> dict[str, Any]:
@@ -243,28 +251,31 @@ def evaluate_candidate(
 def rerank(
     study_dir: str | Path,
     *,
-    top_k: int = DEFAULT_TOP_K,
-    weights: Sequence[float] = DEFAULT_WEIGHTS,
+    top_k: int | None = None,
+    weights: Sequence[float] | None = None,
     prompts_file: str | None = None,
     n_prompts: int | None = None,
+    seed: int | None = None,
     address: str | None = None,
     log_mlflow: bool = True,
     progress: bool = True,
 ) -> RerankResult:
     """Re-rank the study in ``study_dir``; writes ``rerank.parquet``/``.csv``/``.json`` and a
-    comparison grid there and returns the ranked table and the winner. ``progress`` prints a
-    line to stderr as each candidate (and the dense reference) finishes."""
+    comparison grid there and returns the ranked table, the winner and the verdict. Settings
+    left ``None`` come from the study's ``[rerank]`` section. ``progress`` prints a line to
+    stderr as each candidate (and the dense reference) finishes."""
     import pandas as pd
 
-    weights = parse_weights(weights)
-    if 1.0 not in weights:
-        weights = (1.0, *weights)  # the candidate without POA is a reference row
     folder = Path(study_dir).resolve()
     config, study_id, trials = load_study(folder)
+    top_k = config.rerank.top_k if top_k is None else top_k
+    weights = parse_weights(config.rerank.weights if weights is None else weights)
+    if 1.0 not in weights:
+        weights = (1.0, *weights)  # the candidate without POA is a reference row
     groups = tuple(c[len("ratio.") :] for c in trials.columns if c.startswith("ratio."))
     mode = config.objective.mode
     candidates = top_trials(trials, groups, top_k, mode)
-    prompts, seeds = heldout_prompts(config, n=n_prompts, prompts_file=prompts_file)
+    prompts, seeds = heldout_prompts(config, n=n_prompts, prompts_file=prompts_file, seed=seed)
     settings = _task_settings(config, prompts, seeds)
 
     import ray
@@ -328,11 +339,7 @@ def rerank(
                 "t_score": row["t_score"],
             }
             records.append(record)
-    table = pd.DataFrame.from_records(records)
-    table = table.sort_values("score", ascending=(mode == "min"), kind="stable").reset_index(
-        drop=True
-    )
-    table["rank"] = range(1, len(table) + 1)
+    table = rank_rows(pd.DataFrame.from_records(records), mode)
     for col in STAT_COLUMNS:  # absent when the objective has no per-image values
         if col not in table.columns:
             table[col] = math.nan
@@ -352,6 +359,7 @@ def rerank(
         **{k: _plain(best[k], int) for k in ("wins", "ties", "losses")},
         "secondary": {k: float(v) for k, v in best.items() if str(k).startswith("obj.")},
     }
+    verdict = verdict_of(winner, mode, top_is_dense=table.iloc[0]["kind"] == "dense")
     files = [str(folder / RERANK_TABLE), str(folder / RERANK_CSV), str(folder / RERANK_FILE)]
     table.to_parquet(folder / RERANK_TABLE, index=False)
     table.to_csv(folder / RERANK_CSV, index=False)
@@ -381,10 +389,15 @@ def rerank(
         "weights": list(weights),
         "top_k": top_k,
         "n_prompts": len(prompts),
-        "prompt_seed_base": seeds[0],
         "confidence": CONFIDENCE,
+        "heldout": {
+            "prompts": len(prompts),
+            "seed": seeds[0],
+            "source": heldout_source(config, prompts_file),
+        },
         "dense_score": dense_score,
         "winner": winner,
+        "verdict": verdict,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     run_id = None
@@ -392,7 +405,54 @@ def rerank(
         run_id = _log_mlflow(config, study_id, table, info, grid)
         info["rerank_run_id"] = run_id
     (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return RerankResult(table, winner, dense_score, folder, run_id, files)
+    return RerankResult(table, winner, dense_score, folder, run_id, files, verdict)
+
+
+# Rows of equal score rank in this order: the dense model, then the cheaper candidate (no POA
+# before POA, a lower w before a higher one). Scores equal to 12 decimals are equal.
+_KIND_ORDER = {"dense": 0, "pruned": 1, "poa": 2}
+
+
+def rank_rows(table, mode: str):
+    """``table`` sorted best first by ``score`` (``mode`` max or min), ties broken in favour of
+    the dense model and then of the cheaper row; ``rank`` numbered from 1."""
+    key = table["score"].round(12)
+    order = table.assign(
+        _key=-key if mode != "min" else key,
+        _kind=table["kind"].map(_KIND_ORDER),
+        _w=table["w"].fillna(0.0),
+    )
+    order = order.sort_values(["_key", "_kind", "_w"], kind="stable")
+    out = order.drop(columns=["_key", "_kind", "_w"]).reset_index(drop=True)
+    out["rank"] = range(1, len(out) + 1)
+    return out
+
+
+def verdict_of(winner: dict[str, Any], mode: str, *, top_is_dense: bool) -> dict[str, Any]:
+    """``{"status", "message"}``: ``repaired`` when the winner beats the dense model on the
+    held-out prompts with an interval that excludes zero; ``null`` when it does not (the dense
+    model stays the recipe); ``untested`` when the objective gives no per-prompt values."""
+    low, high = winner.get("delta_low"), winner.get("delta_high")
+    label = f"trial {winner['trial_id']} at w={winner['w']:g}"
+    if low is None or high is None:
+        return {
+            "status": "untested",
+            "message": f"{label} scored {winner['score_delta']:+.4f} vs dense, but the "
+            "objective has no per-prompt values: no interval, no repair shown",
+        }
+    better = low > 0 if mode != "min" else high < 0
+    interval = f"{CONFIDENCE:.0%} CI [{low:+.4f}, {high:+.4f}]"
+    if top_is_dense or not better:
+        return {
+            "status": "null",
+            "message": f"no candidate beats the dense model on the held-out prompts (best: "
+            f"{label}, {winner['score_delta']:+.4f}, {interval}); the dense model stays",
+        }
+    return {
+        "status": "repaired",
+        "message": f"{label} beats the dense model by {winner['score_delta']:+.4f} "
+        f"({interval}, p = {winner['p_vs_dense']:.2g})",
+    }
 
 
 def _paired_stats(
@@ -570,9 +630,17 @@ def format_table(table, groups: Sequence[str] | None = None) -> str:
     return view.to_string(index=False, float_format=lambda v: f"{v:.4f}", na_rep="-")
 
 
-def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True):
+class NullResultError(UsageError):
+    """The study's winner is not shown to beat the dense model on held-out prompts."""
+
+
+def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_null: bool = False):
     """The study's winner as a :class:`~crdiff_search.recipe.Recipe`: from ``rerank.json``
-    (re-ranked, with POA), or with ``use_rerank=False`` the best search trial at ``w = 1``."""
+    (re-ranked, with POA), or with ``use_rerank=False`` the best search trial at ``w = 1``.
+
+    A winner whose held-out verdict is not ``repaired`` (no interval excluding zero, or no
+    held-out check at all with ``use_rerank=False``) raises :class:`NullResultError` unless
+    ``allow_null``: a null result is not a recipe."""
     from crdiff_search.recipe import Recipe, code_version, model_fingerprint, utc_now
 
     folder = Path(study_dir).resolve()
@@ -588,6 +656,14 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True):
             )
         info = json.loads(path.read_text())
         win = info["winner"]
+        verdict = info.get("verdict") or verdict_of(
+            win, config.objective.mode, top_is_dense=win["score_delta"] <= 0
+        )
+        if verdict["status"] != "repaired" and not allow_null:
+            raise NullResultError(
+                f"{str(folder)!r}: not exporting a {verdict['status']} result: "
+                f"{verdict['message']}. Pass --allow-null to register it anyway"
+            )
         ratios, w, trial_id = win["ratios"], win["w"], win["trial_id"]
         scores = {
             "dense": info["dense_score"],
@@ -598,9 +674,20 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True):
         scores.update({f"secondary.{k}": v for k, v in win.get("secondary", {}).items()})
         if win.get("delta_low") is not None:  # the interval of recipe - dense, held out
             scores["delta_ci_low"], scores["delta_ci_high"] = win["delta_low"], win["delta_high"]
+            scores["p_vs_dense"] = win["p_vs_dense"]
+        heldout = info.get("heldout", {})
+        scores["heldout_prompts"] = heldout.get("prompts", info.get("n_prompts"))
+        scores["heldout_seed"] = heldout.get("seed")
+        scores["repaired"] = 1.0 if verdict["status"] == "repaired" else 0.0
         revision = info.get("model_revision")
         run_id = info.get("rerank_run_id")
     else:
+        if not allow_null:
+            raise NullResultError(
+                f"{str(folder)!r}: the best search trial was never checked on held-out prompts; "
+                f"run `crdiff rerank {study_dir}` first, or pass --allow-null to register it "
+                "untested"
+            )
         best = top_trials(trials, groups, 1, config.objective.mode)[0]
         ratios, w, trial_id = best["ratios"], 1.0, best["trial_id"]
         dense = trials[(trials["state"] == "COMPLETE") & (trials["trial_index"] == 0)]

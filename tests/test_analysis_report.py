@@ -92,7 +92,9 @@ def test_report_writes_markdown_html_pngs_and_tables(table, tmp_path):
     text = report.markdown.read_text()
     assert text.startswith("# demo\n")
     assert "- resolution: 64x64" in text
-    assert "Best median final score: **anneal**" in text
+    assert "Highest median final score: anneal" in text
+    # 3 seeds a method: no pair can reach p < 0.05 after Holm, so no winner is named
+    assert "**No winner**: anneal has the highest median" in text and "**Winner" not in text
     assert "Block-wise vs uniform: the best block-wise method (anneal" in text and "beats" in text
     assert "uniform (median" in text and "p = 0.100 (Holm 0.300): not significant at 0.05" in text
     for name in ("best_vs_trial", "best_vs_images", "best_vs_wall", "final_best", "landscape"):
@@ -112,7 +114,7 @@ def test_report_writes_markdown_html_pngs_and_tables(table, tmp_path):
     page = report.html.read_text()
     assert page.count('src="data:image/png;base64,') == 5
     assert "figures/" not in page  # self-contained
-    assert "<table>" in page and "<b>anneal</b>" in page
+    assert "<table>" in page and "<b>No winner</b>" in page
 
 
 def test_report_rebuilt_from_the_saved_table_is_identical(table, tmp_path):
@@ -156,3 +158,31 @@ def test_report_states_the_attainable_certainty_and_flags_duplicate_methods(tmp_
     text = write_report(combine_studies(studies), tmp_path).markdown.read_text()
     assert "With 3 and 3 seeds the smallest attainable p of a pair is 0.1000" in text
     assert "`tpe` and `random` proposed exactly the same ratios" in text
+
+
+def _seeded_table(means: dict[str, float], seeds: int, spread: float = 0.01):
+    rng = np.random.default_rng(1)
+    studies = {
+        f"{method}-s{seed}": study_table(
+            list(rng.normal(mean, spread, 5)), sampler=method, seed=seed, dense_score=0.0
+        )
+        for method, mean in means.items()
+        for seed in range(seeds)
+    }
+    return combine_studies(studies)
+
+
+@pytest.mark.parametrize(
+    ("seeds", "means", "expected", "absent"),
+    [
+        (1, {"anneal": 0.9, "tpe": 0.1}, "**No winner can be named**: with 1 seed", "**Winner"),
+        (8, {"anneal": 0.9, "tpe": 0.1, "random": 0.2}, "**Winner: anneal**", "No winner"),
+        (8, {"anneal": 0.5, "tpe": 0.5}, "**No winner**:", "**Winner"),
+    ],
+)
+def test_report_names_a_winner_only_where_the_seeds_support_one(
+    tmp_path, seeds, means, expected, absent
+):
+    report = write_report(_seeded_table(means, seeds), tmp_path, title="t")
+    text = report.markdown.read_text()
+    assert expected in text and absent not in text

@@ -140,7 +140,7 @@ def test_collect_and_report_only_rebuild_the_same_report(tmp_path, capsys):
     table = pd.read_parquet(out / TABLE)
     assert len(table) == 24 and sorted(table["method"].unique()) == ["anneal", "random"]
     first = (out / "report.md").read_text()
-    assert "Best median final score: **anneal**" in first
+    assert "Highest median final score: anneal" in first
     (out / "report.md").unlink()
     assert main(["compare", "--report-only", str(out)]) == 0
     assert (out / "report.md").read_text() == first
@@ -249,7 +249,7 @@ def test_runs_resumes_and_reports_failed_studies_without_ray(experiment, tmp_pat
     assert result.failed == {"random-s1": "no trial completed: boom"}
     table = pd.read_parquet(result.table_path)
     assert len(table) == 12 and (table["method"] == "random").sum() == 6
-    assert "Best median final score: **tpe**" in result.report_path.read_text()
+    assert "Highest median final score: tpe" in result.report_path.read_text()
 
     # --complete-only: a larger plan runs nothing and reports only the finished studies.
     bigger = plan_comparison(

@@ -16,6 +16,7 @@ from crdiff_search.config import (
     load_experiment,
     model_info,
     parse_resolution,
+    SearchSpec,
 )
 from crdiff_search.errors import UsageError
 from crdiff_search.testing import tiny_unet_config
@@ -60,7 +61,8 @@ def test_defaults_are_the_testbed_study_and_round_trip():
     assert cfg == ExperimentConfig()
     assert cfg.version == CONFIG_VERSION
     assert cfg.model.source == "testbed"
-    assert (cfg.width, cfg.height) == (48, 48)
+    assert (cfg.width, cfg.height) == (24, 24)  # below the training size (32x32)
+    assert cfg.ratios.high >= 0.95 and cfg.rerank.after_search and cfg.rerank.prompts >= 128
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert ExperimentConfig.from_toml(cfg.to_toml()) == cfg
 
@@ -136,7 +138,7 @@ def test_overrides_short_and_dotted():
     assert (cfg.search.trials, cfg.search.sampler, cfg.search.seed) == (5, "random", 3)
     assert cfg.output_dir == Path("x/y") and cfg.tracking.uri == "a.db"
     assert cfg.model.steps == 2 and cfg.prompts.count == 3
-    assert cfg.search.concurrency == 1  # None = not given
+    assert cfg.search.concurrency == SearchSpec.concurrency  # None = not given
 
 
 def test_seed_list_and_chunks():
@@ -174,11 +176,19 @@ def test_seed_list_and_chunks():
         ('[prompts]\nfile = "nowhere.txt"', ["prompts.file", "nowhere.txt", "does not exist"]),
         ('[prompts]\nitems = ["a", "b"]\ncount = 3', ["prompts.count", "valid: 1..2"]),
         ("[prompts]\nseeds = [1, 2]\ncount = 3", ["prompts.seeds", "one per prompt"]),
-        ("[prompts]\nchunk_size = 9", ["prompts.chunk_size", "valid: 0"]),
+        ("[prompts]\nchunk_size = 33", ["prompts.chunk_size", "valid: 0"]),
         ("version = 2", ["version", "valid: 1"]),
         ('plugins = ["no_such_module_xyz"]', ["plugins[0]", "no_such_module_xyz"]),
         ("[resources]\ngpu = -1", ["resources", "gpu >= 0"]),
         ('[partition]\ncriterion = "taylor"', ["partition.criterion", "'taylor'", "magnitude"]),
+        ("[rerank]\ntop_k = 0", ["rerank.top_k", ">= 1"]),
+        ("[rerank]\nweights = [1.0, -1.5]", ["rerank.weights", "-1.5", "w >= 0"]),
+        ("[rerank]\nweights = []", ["rerank.weights", "empty"]),
+        ('[rerank]\nweights = ["x"]', ["rerank.weights[0]", "number"]),
+        ("[rerank]\nprompts = 0", ["rerank.prompts", ">= 1"]),
+        ('[rerank]\nfile = "held.txt"', ["rerank.file", "held.txt", "does not exist"]),
+        ('[rerank]\nafter_search = "yes"', ["rerank.after_search", "true or false"]),
+        ("[rerank]\nheldout = 3", ["[rerank]", "'heldout'", "top_k", "seed"]),
     ],
 )
 def test_bad_fields_name_the_field_and_valid_values(tmp_path, text, needles):
@@ -194,6 +204,33 @@ def test_real_model_needs_prompts(tmp_path):
     path = write(tmp_path, f'resolution = "32x32"\n[model]\nsource = "{model}"\n')
     with pytest.raises(UsageError, match="prompts: give `items`"):
         load_experiment(path)
+
+
+def test_a_verdict_after_the_search_needs_held_out_prompts(tmp_path, capsys):
+    from crdiff_search.cli import main
+    from crdiff_search.config import check_heldout
+
+    model = config_only_model(tmp_path / "model")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    base = f'resolution = "32x32"\n[model]\nsource = "{model}"\n'
+    for section in ('[prompts]\nitems = ["a cat"]\n', f'[prompts]\nfile = "{prompts}"\n'):
+        path = write(tmp_path, base + section)
+        config = load_experiment(path)  # a study without the verdict is fine
+        with pytest.raises(UsageError, match="rerank.after_search = true .* no held-out") as info:
+            check_heldout(config)
+        assert "rerank.file" in str(info.value)
+        check_heldout(config.replace(**{"rerank.after_search": False}))
+        # `crdiff search` refuses before Ray starts, unless told to skip the verdict
+        assert main(["search", str(path), "--no-tracking", "--out", str(tmp_path / "o")]) == 2
+        assert "no held-out prompts" in capsys.readouterr().err
+    path = write(tmp_path, base + f'[prompts]\nfile = "{prompts}"\ncount = 1\n')
+    check_heldout(load_experiment(path))  # one line left to hold out
+    path = write(tmp_path, base + f'[prompts]\nitems = ["a"]\n[rerank]\nfile = "{prompts}"\n')
+    config = load_experiment(path)
+    assert config.rerank.file == str(prompts)
+    check_heldout(config)
+    check_heldout(load_experiment(None))  # the testbed draws held-out captions itself
 
 
 def test_resolution_must_divide_by_the_models_spatial_factor(tmp_path):
@@ -282,7 +319,9 @@ def test_cli_exits_2_before_ray_starts(tmp_path):
     assert "prompts.file" in out.stderr and "--trials" in out.stderr
 
 
-SHIPPED = sorted(p for p in (REPO / "experiments").glob("*.toml") if p.name != "grid.toml")
+SHIPPED = sorted(
+    p for p in (REPO / "experiments").glob("*.toml") if "[[study]]" not in p.read_text()
+)
 
 
 def test_shipped_experiments_load_offline(monkeypatch):
@@ -314,3 +353,17 @@ def test_grid_lists_every_real_study():
     grid = load_grid(REPO / "experiments" / "grid.toml")
     listed = sorted(Path(s.experiment).name for s in grid.studies)
     assert listed == sorted(p.name for p in SHIPPED if not p.stem.startswith("testbed"))
+
+
+def test_testbed_map_grid_plans_one_study_per_map_size(tmp_path):
+    from crdiff_search.commands.launch import load_grid, plan_grid
+    from crdiff_search.testbed.evaluate import MAP_SIZES
+
+    grid = load_grid(REPO / "experiments" / "testbed-map.toml", cwd=tmp_path)
+    plans = plan_grid(grid)
+    assert [p.resolution for p in plans] == [f"{w}x{h}" for w, h in MAP_SIZES]
+    assert all(p.model == "testbed" and p.trials == load_experiment(None).search.trials for p in plans)
+    assert all(p.out_dir == tmp_path / "runs" / "testbed-map" / p.name for p in plans)
+    # a local head runs the jobs with this interpreter; each study re-ranks after its search
+    assert all(p.entrypoint.startswith(f"{sys.executable} -m crdiff_search search") for p in plans)
+    assert all("after_search = true" in p.study_toml for p in plans)

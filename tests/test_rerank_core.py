@@ -12,13 +12,15 @@ import pytest
 from crdiff_search.config import load_experiment
 from crdiff_search.errors import UsageError
 from crdiff_search.rerank import (
-    HELDOUT_SEED_OFFSET,
+    NullResultError,
     _task_settings,
     evaluate_candidate,
     heldout_prompts,
     parse_weights,
+    rank_rows,
     recipe_from_study,
     top_trials,
+    verdict_of,
 )
 
 GROUPS = ("down", "mid", "up")
@@ -60,17 +62,80 @@ def test_weights_and_heldout_prompts(tmp_path):
     with pytest.raises(UsageError):
         parse_weights("1.0,inf")
     config = load_experiment(None, trials=4)
-    prompts, seeds = heldout_prompts(config, n=None, prompts_file=None)
-    assert len(prompts) == max(64, 2 * config.prompts.count)
-    assert seeds[0] == config.search.seed + HELDOUT_SEED_OFFSET
+    prompts, seeds = heldout_prompts(config)
+    # the experiment's [rerank] section names the set: 128 captions, seeds 10000 + i
+    assert len(prompts) == config.rerank.prompts == 128
+    assert seeds == [10_000 + i for i in range(128)]
     assert not set(seeds) & set(config.seed_list())
-    assert prompts[: config.prompts.count] != config.prompt_list()
+    # other captions: none of the search's, and the same set for every search seed
+    assert not set(prompts) & set(config.prompt_list())
+    other = load_experiment(None, seed=3)
+    assert not set(heldout_prompts(other)[0]) & set(other.prompt_list())
+    assert heldout_prompts(config, n=5, seed=77) == (prompts_at(config, 5, 77), [77 + i for i in range(5)])
     file = tmp_path / "p.txt"
     file.write_text("a red circle\n# comment\ntwo blue squares\n")
     assert heldout_prompts(config, n=None, prompts_file=str(file))[0] == [
         "a red circle",
         "two blue squares",
     ]
+    from_file = config.replace(**{"rerank.file": str(file)})
+    assert heldout_prompts(from_file)[0] == ["a red circle", "two blue squares"]
+
+
+def prompts_at(config, n, seed):
+    from crdiff_search.testbed.scenes import sample_captions
+
+    return sample_captions(n, seed, exclude=config.prompt_list())
+
+
+def _rows(*rows):
+    return pd.DataFrame(
+        [{"kind": k, "trial_id": t, "w": w, "score": s} for k, t, w, s in rows]
+    )
+
+
+def test_rank_rows_breaks_ties_for_dense_then_the_cheaper_row():
+    table = _rows(
+        ("poa", "t1", 2.0, 0.6),
+        ("poa", "t1", 1.5, 0.6),
+        ("pruned", "t1", 1.0, 0.6),
+        ("dense", "dense", None, 0.6),
+        ("pruned", "t2", 1.0, 0.4),
+        ("poa", "t2", 1.5, 0.7),
+    )
+    ranked = rank_rows(table, "max")
+    assert list(zip(ranked["kind"], ranked["w"].fillna(0))) == [
+        ("poa", 1.5),  # the only better row
+        ("dense", 0.0),
+        ("pruned", 1.0),
+        ("poa", 1.5),
+        ("poa", 2.0),
+        ("pruned", 1.0),
+    ]
+    assert list(ranked["rank"]) == [1, 2, 3, 4, 5, 6]
+    # float noise of an equal mean is a tie too; with "min" the lowest score ranks first
+    noisy = _rows(("pruned", "t1", 1.0, 0.3 + 1e-15), ("dense", "dense", None, 0.3))
+    assert list(rank_rows(noisy, "max")["kind"]) == ["dense", "pruned"]
+    assert list(rank_rows(table, "min")["score"])[0] == 0.4
+
+
+def test_verdict_needs_an_interval_that_excludes_zero():
+    win = {"trial_id": "t1", "w": 1.5, "score_delta": 0.08, "p_vs_dense": 1e-4}
+    repaired = verdict_of({**win, "delta_low": 0.02, "delta_high": 0.1}, "max", top_is_dense=False)
+    assert repaired["status"] == "repaired" and "+0.0800" in repaired["message"]
+    straddles = verdict_of({**win, "delta_low": -0.01, "delta_high": 0.1}, "max", top_is_dense=False)
+    assert straddles["status"] == "null" and "dense model stays" in straddles["message"]
+    tie = verdict_of({**win, "delta_low": 0.0, "delta_high": 0.0}, "max", top_is_dense=True)
+    assert tie["status"] == "null"
+    # lower is better (FID-like per-image objectives): the interval must lie below zero
+    assert verdict_of({**win, "delta_low": -0.3, "delta_high": -0.1}, "min", top_is_dense=False)[
+        "status"
+    ] == "repaired"
+    assert verdict_of({**win, "delta_low": 0.1, "delta_high": 0.3}, "min", top_is_dense=False)[
+        "status"
+    ] == "null"
+    untested = verdict_of({**win, "delta_low": None, "delta_high": None}, "max", top_is_dense=False)
+    assert untested["status"] == "untested"
 
 
 def test_evaluate_candidate_rows_in_process():
@@ -97,45 +162,67 @@ def test_evaluate_candidate_rows_in_process():
     assert np.array_equal(np.asarray(again["images"][0]), arrays[0])
 
 
-def test_recipe_from_study_folder(tmp_path):
-    from crdiff_search.recipe import Recipe
-
+def _study_folder(tmp_path):
     config = load_experiment(None, trials=4, resolution="48x48", tracking_uri=None)
     config = config.replace(**{"tracking.enabled": False})
     (tmp_path / "experiment.toml").write_text(config.to_toml())
     (tmp_path / "study.json").write_text(json.dumps({"study_id": "sid-1", "study": "testbed"}))
     _trials().to_parquet(tmp_path / "trials.parquet")
+    return config
+
+
+def _rerank_info(low, high, status=None):
+    info = {
+        "dense_score": 0.45,
+        "model_revision": "sha256:00",
+        "n_prompts": 128,
+        "heldout": {"prompts": 128, "seed": 10_000, "source": "testbed scene grammar"},
+        "winner": {
+            "trial_id": "t4",
+            "w": 1.5,
+            "ratios": {"down": 0.2, "mid": 0.2, "up": 0.2},
+            "score": 0.8,
+            "pruned_score": 0.75,
+            "search_score": 0.7,
+            "score_delta": 0.35,
+            "delta_low": low,
+            "delta_high": high,
+            "p_vs_dense": 0.001,
+            "secondary": {"obj.scene": 0.8},
+        },
+    }
+    if status:
+        info["verdict"] = {"status": status, "message": f"{status} (test)"}
+    return info
+
+
+def test_recipe_from_study_folder(tmp_path):
+    from crdiff_search.recipe import Recipe
+
+    config = _study_folder(tmp_path)
     with pytest.raises(UsageError, match="crdiff rerank"):
         recipe_from_study(tmp_path)
-    plain = recipe_from_study(tmp_path, use_rerank=False)
+    with pytest.raises(NullResultError, match="never checked on held-out prompts"):
+        recipe_from_study(tmp_path, use_rerank=False)
+    plain = recipe_from_study(tmp_path, use_rerank=False, allow_null=True)
     assert plain.ratios == {"down": 0.3, "mid": 0.2, "up": 0.1} and plain.poa_w == 1.0
     assert plain.scores["dense"] == 0.5 and plain.resolution == (48, 48)
-    (tmp_path / "rerank.json").write_text(
-        json.dumps(
-            {
-                "dense_score": 0.45,
-                "model_revision": "sha256:00",
-                "winner": {
-                    "trial_id": "t4",
-                    "w": 1.5,
-                    "ratios": {"down": 0.2, "mid": 0.2, "up": 0.2},
-                    "score": 0.8,
-                    "pruned_score": 0.75,
-                    "search_score": 0.7,
-                    "score_delta": 0.35,
-                    "secondary": {"obj.scene": 0.8},
-                },
-            }
-        )
-    )
+    (tmp_path / "rerank.json").write_text(json.dumps(_rerank_info(0.2, 0.5, "repaired")))
     recipe = recipe_from_study(tmp_path)
     assert (recipe.trial_id, recipe.poa_w, recipe.study_id) == ("t4", 1.5, "sid-1")
+    # the recipe records the held-out interval, test and prompt set it was chosen on
     assert recipe.scores == {
         "dense": 0.45,
         "pruned": 0.75,
         "recipe": 0.8,
         "search": 0.7,
         "secondary.obj.scene": 0.8,
+        "delta_ci_low": 0.2,
+        "delta_ci_high": 0.5,
+        "p_vs_dense": 0.001,
+        "heldout_prompts": 128.0,
+        "heldout_seed": 10_000.0,
+        "repaired": 1.0,
     }
     assert (
         recipe.objective == "scene"
@@ -143,6 +230,27 @@ def test_recipe_from_study_folder(tmp_path):
         and recipe.steps == config.model.steps
     )
     assert Recipe.from_json(recipe.to_json()) == recipe
+
+
+def test_a_null_result_is_not_exported_unless_asked(tmp_path, capsys):
+    from crdiff_search.cli import main
+
+    _study_folder(tmp_path)
+    (tmp_path / "rerank.json").write_text(json.dumps(_rerank_info(-0.01, 0.5, "null")))
+    with pytest.raises(NullResultError, match="null result.*--allow-null"):
+        recipe_from_study(tmp_path)
+    assert recipe_from_study(tmp_path, allow_null=True).scores["repaired"] == 0.0
+    registry = f"sqlite:///{tmp_path / 'reg.db'}"
+    assert main(["export", str(tmp_path), "--registry", registry]) == 2
+    err = capsys.readouterr().err
+    assert "not exporting a null result" in err and "--allow-null" in err
+    assert not (tmp_path / "reg.db").exists()  # refused before the registry is touched
+    # an older rerank.json without a verdict: judged from its interval
+    (tmp_path / "rerank.json").write_text(json.dumps(_rerank_info(-0.01, 0.5)))
+    with pytest.raises(NullResultError):
+        recipe_from_study(tmp_path)
+    (tmp_path / "rerank.json").write_text(json.dumps(_rerank_info(0.1, 0.5)))
+    assert recipe_from_study(tmp_path).scores["repaired"] == 1.0
 
 
 def test_paired_stats_against_dense_and_pruned():

@@ -12,10 +12,17 @@ def test_dry_run_prints_the_testbed_plan(capsys, tmp_path):
     rc = main(["search", "--dry-run", "--trials", "5", "--sampler", "tpe", "--out", str(tmp_path)])
     assert rc == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["model"] == "testbed" and plan["resolution"] == "48x48"
+    assert plan["model"] == "testbed" and plan["resolution"] == "24x24"
     assert list(plan["groups"]) == ["down", "mid", "up"]
-    assert plan["groups"]["mid"] == [0.0, 0.6]
-    assert (plan["trials"], plan["sampler"], plan["prompts"]) == (5, "tpe", 8)
+    assert plan["groups"]["mid"] == [0.0, 0.95]
+    assert (plan["trials"], plan["sampler"], plan["prompts"]) == (5, "tpe", 32)
+    assert plan["rerank"] == {
+        "top_k": 3,
+        "weights": [1.0, 1.5],
+        "prompts": 128,
+        "seed": 10_000,
+        "file": None,
+    }
     assert plan["output"] == str(tmp_path)
     assert not any(tmp_path.iterdir())  # nothing written
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
@@ -25,3 +32,49 @@ def test_resume_without_a_study_is_a_usage_error(capsys, tmp_path):
     rc = main(["search", "--resume", "--no-tracking", "--out", str(tmp_path / "none")])
     assert rc == 2
     assert "no study to resume" in capsys.readouterr().err
+
+
+def _fake_study(monkeypatch, tmp_path, calls):
+    import pandas as pd
+
+    import crdiff_search.rerank as rerank_module
+    import crdiff_search.runner as runner
+    from crdiff_search.rerank import RerankResult
+    from crdiff_search.runner.study import StudyResult
+
+    def run_study(config, **kwargs):
+        calls.append(("search", str(kwargs["out_dir"])))
+        return StudyResult(
+            tmp_path / "trials.parquet", tmp_path, {"down": 0.9}, 0.6, 0.5, "t1", None, 4,
+            {"COMPLETE": 4},
+        )  # fmt: skip
+
+    def rerank(study_dir, **kwargs):
+        calls.append(("rerank", str(study_dir), kwargs["address"]))
+        table = pd.DataFrame(
+            [{"rank": 1, "kind": "poa", "trial_id": "t1", "w": 1.5, "score": 0.6,
+              "score_delta": 0.1, "search_score": 0.6, "ratio.down": 0.9}]
+        )  # fmt: skip
+        winner = {"trial_id": "t1", "w": 1.5, "score": 0.6, "score_delta": 0.1,
+                  "pruned_score": 0.58, "delta_low": 0.05, "delta_high": 0.15,
+                  "p_vs_dense": 1e-4, "wins": 30, "ties": 90, "losses": 8}  # fmt: skip
+        verdict = {"status": "repaired", "message": "trial t1 at w=1.5 beats the dense model"}
+        return RerankResult(table, winner, 0.5, tmp_path, None, [], verdict)
+
+    monkeypatch.setattr(runner, "run_study", run_study)
+    monkeypatch.setattr(rerank_module, "rerank", rerank)
+
+
+def test_search_ends_with_the_held_out_verdict(capsys, tmp_path, monkeypatch):
+    calls = []
+    _fake_study(monkeypatch, tmp_path, calls)
+    out = str(tmp_path / "study")
+    assert main(["search", "--no-tracking", "--out", out, "--address", "auto"]) == 0
+    assert calls == [("search", out), ("rerank", out, "auto")]
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert any("on 128 prompts the search never saw" in line for line in printed)
+    assert printed[-1] == "verdict: REPAIRED: trial t1 at w=1.5 beats the dense model"
+    calls.clear()
+    assert main(["search", "--no-tracking", "--out", out, "--no-rerank"]) == 0
+    assert calls == [("search", out)]
+    assert "verdict" not in capsys.readouterr().out

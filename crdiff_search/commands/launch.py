@@ -4,7 +4,9 @@ A grid file (TOML) lists studies, each an experiment file plus overrides::
 
     version = 1
     out = "runs"                  # study outputs go to <out>/<study> (relative: working folder)
-    command = "crdiff"            # how a job calls the CLI on the cluster
+    command = "crdiff"            # how a job calls the CLI on the cluster; "{python}" stands
+                                  # for the launching interpreter (a local head on this machine:
+                                  # command = "{python} -m crdiff_search")
     tracking_uri = ""             # optional: every study logs to this MLflow URI (default: the
                                   # experiment's, else sqlite:///<out>/mlflow.db)
     [env]                         # optional environment variables for every job
@@ -221,7 +223,7 @@ def _safe(text: str) -> str:
 
 def plan_grid(grid: Grid) -> list[StudyPlan]:
     """Load and validate every study of the grid (no Ray involved) and derive its job."""
-    from crdiff_search.config import load_experiment
+    from crdiff_search.config import check_heldout, load_experiment
 
     plans: list[StudyPlan] = []
     seen: dict[str, int] = {}
@@ -248,6 +250,7 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
                     # SQLite store next to its outputs instead.
                     changes["tracking.uri"] = f"sqlite:///{grid.out / 'mlflow.db'}"
             cfg = cfg.replace(**changes)
+            check_heldout(cfg)
         except UsageError as exc:
             raise _grid_error(grid.path, f"{where}: {exc}") from None
         if name in seen:
@@ -262,7 +265,7 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
         out_dir = Path(cfg.output)
         entrypoint = " ".join(
             [
-                grid.command,
+                grid.command.replace("{python}", shlex.quote(sys.executable)),
                 "search",
                 shlex.quote(str(study_file)),
                 "--out",

@@ -18,18 +18,26 @@ def register(subparsers) -> None:
     parser.add_argument(
         "study", metavar="STUDY", help="a study output folder (holds trials.parquet)"
     )
-    parser.add_argument("--top-k", type=int, default=5, help="trials to re-rank (default 5)")
+    parser.add_argument(
+        "--top-k", type=int, default=None, help="trials to re-rank (default: rerank.top_k, 4)"
+    )
     parser.add_argument(
         "--w",
-        default="1.0,1.25,1.5,2.0",
-        help="POA weights, comma-separated (default 1.0,1.25,1.5,2.0)",
+        default=None,
+        help="POA weights, comma-separated (default: rerank.weights, 1.0,1.5)",
     )
     parser.add_argument("--prompts", default=None, help="held-out prompts file (one per line)")
     parser.add_argument(
         "--n-prompts",
         type=int,
         default=None,
-        help="held-out prompt count (default: max(64, twice the study's))",
+        help="held-out prompt count (default: rerank.prompts, 128)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="held-out caption and generation seed base (default: rerank.seed, 10000)",
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
@@ -41,10 +49,10 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from crdiff_search.errors import UsageError
-    from crdiff_search.rerank import CONFIDENCE, format_table, parse_weights, rerank
+    from crdiff_search.rerank import parse_weights, rerank
 
-    weights = parse_weights(args.w)
-    if args.top_k < 1:
+    weights = parse_weights(args.w) if args.w is not None else None
+    if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k {args.top_k} must be at least 1")
     if args.n_prompts is not None and args.n_prompts < 1:
         raise UsageError(f"--n-prompts {args.n_prompts} must be at least 1")
@@ -56,10 +64,19 @@ def _run(args: argparse.Namespace) -> int:
         weights=weights,
         prompts_file=args.prompts,
         n_prompts=args.n_prompts,
+        seed=args.seed,
         address=args.address,
         log_mlflow=not args.no_mlflow,
         progress=not args.quiet,
     )
+    print_result(result)
+    return 0
+
+
+def print_result(result) -> None:
+    """The ranked table, the winner, the files, and the verdict as the last line."""
+    from crdiff_search.rerank import CONFIDENCE, format_table
+
     print(format_table(result.table))
     win = result.winner
     interval = ""
@@ -70,9 +87,10 @@ def _run(args: argparse.Namespace) -> int:
             f"worse on {win['losses']} prompts"
         )
     print(
-        f"\nwinner: trial {win['trial_id']} at w={win['w']:g}: score {win['score']:.4f} "
+        f"\nbest candidate: trial {win['trial_id']} at w={win['w']:g}: score {win['score']:.4f} "
         f"(dense {result.dense_score:.4f}, delta {win['score_delta']:+.4f}{interval}; "
         f"without POA {win['pruned_score']:.4f})"
     )
     print(f"saved: {', '.join(result.files)}")
-    return 0
+    verdict = result.verdict
+    print(f"verdict: {verdict['status'].upper()}: {verdict['message']}")

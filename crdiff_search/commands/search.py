@@ -41,6 +41,11 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="validate and print the study plan; start nothing"
     )
+    parser.add_argument(
+        "--no-rerank",
+        action="store_true",
+        help="skip the held-out verdict that rerank.after_search asks for",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=_search)
 
@@ -64,6 +69,10 @@ def _search(args: argparse.Namespace) -> int:
     if args.no_tracking:
         overrides["tracking.enabled"] = False
     config = load_experiment(args.experiment, **overrides)
+    if not args.no_rerank:
+        from crdiff_search.config import check_heldout
+
+        check_heldout(config)
 
     from crdiff_search.runner import prepare, run_study
 
@@ -87,4 +96,24 @@ def _search(args: argparse.Namespace) -> int:
         file=sys.stdout,
     )
     failed = result.states.get("FAILED", 0)
-    return 0 if failed < result.n_trials else 1
+    if failed == result.n_trials:
+        return 1
+    if config.rerank.after_search and not args.no_rerank:
+        from crdiff_search.commands.rerank import print_result
+        from crdiff_search.rerank import rerank
+
+        print(
+            f"\nheld-out verdict: the {config.rerank.top_k} best trials at "
+            f"w={','.join(f'{w:g}' for w in config.rerank.weights)} and the dense model on "
+            f"{config.rerank.prompts} prompts the search never saw (crdiff rerank)",
+            flush=True,
+        )
+        print_result(
+            rerank(
+                config.output_dir,
+                address=args.address,
+                log_mlflow=config.tracking.enabled,
+                progress=not args.quiet,
+            )
+        )
+    return 0

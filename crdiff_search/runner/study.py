@@ -185,6 +185,15 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
         "early_stopping": config.search.early_stopping,
         "output": str(config.output_dir),
     }
+    if config.rerank.after_search:
+        r = config.rerank
+        summary["rerank"] = {
+            "top_k": r.top_k,
+            "weights": list(r.weights),
+            "prompts": r.prompts,
+            "seed": r.seed,
+            "file": r.file or None,
+        }
     return groups, summary
 
 

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,12 +156,32 @@ def sample_scene(rng: np.random.Generator, *, max_objects: int = 4) -> Scene:
         return Scene(tuple(groups))
 
 
-def sample_captions(n: int, seed: int, *, max_objects: int = 4) -> list[str]:
-    """``n`` captions drawn from the grammar with a fixed seed (at most ``max_objects`` objects)."""
+def sample_captions(
+    n: int, seed: int, *, max_objects: int = 4, exclude: Collection[str] = ()
+) -> list[str]:
+    """``n`` captions drawn from the grammar with a fixed seed (at most ``max_objects`` objects).
+
+    Captions in ``exclude`` are skipped (a held-out set that shares no caption with a search
+    set); the draws stay the same, so the result is a prefix-stable function of the seed.
+    """
     if n < 0:
         raise UsageError(f"number of captions must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
-    return [sample_scene(rng, max_objects=max_objects).caption for _ in range(n)]
+    if not exclude:
+        return [sample_scene(rng, max_objects=max_objects).caption for _ in range(n)]
+    skip = set(exclude)
+    out: list[str] = []
+    for _ in range(100 * n + 100):
+        if len(out) == n:
+            return out
+        caption = sample_scene(rng, max_objects=max_objects).caption
+        if caption not in skip:
+            out.append(caption)
+    if len(out) == n:
+        return out
+    raise UsageError(
+        f"cannot draw {n} captions outside the {len(skip)} excluded ones from the grammar"
+    )
 
 
 @dataclass(frozen=True)
