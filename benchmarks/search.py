@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--images", type=int, default=8, help="prompts per candidate (8)")
     parser.add_argument("--steps", type=int, default=8, help="sampling steps (8)")
-    parser.add_argument("--resolution", default="48x48", help="WxH (48x48, the testbed study's)")
+    parser.add_argument("--resolution", default="24x24", help="WxH (24x24, the testbed study's)")
     parser.add_argument("--objective", default="scene")
     parser.add_argument("--only", choices=("reload", "framework"), default=None)
     parser.add_argument(

@@ -93,7 +93,7 @@ class PromptSpec:
 
     items: tuple[str, ...] = ()
     file: str = ""
-    count: int = 32
+    count: int = 64
     seeds: int | tuple[int, ...] = 0
     chunk_size: int = 0
     batch_size: int = 0

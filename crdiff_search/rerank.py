@@ -582,7 +582,11 @@ def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
     tracker = StudyTracker(resolve_tracking_uri(config.tracking.uri), config.tracking_experiment)
     parent = tracker.find_study(study_id)
     client = tracker.client
-    tags = {"crdiff.study_id": study_id, "crdiff.kind": "rerank"}
+    tags = {
+        "crdiff.study_id": study_id,
+        "crdiff.kind": "rerank",
+        "crdiff.verdict": info["verdict"]["status"],
+    }
     if parent:
         tags["mlflow.parentRunId"] = parent
     run = client.create_run(tracker.experiment_id, run_name=f"rerank {config.study}", tags=tags)
@@ -610,6 +614,7 @@ def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
         Param("n_prompts", str(info["n_prompts"])),
         Param("weights", ",".join(f"{w:g}" for w in info["weights"])),
         Param("top_k", str(info["top_k"])),
+        Param("heldout_seed", str(info["heldout"]["seed"])),
     ]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.log_text(run_id, table.to_csv(index=False), "rerank.csv")

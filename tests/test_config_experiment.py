@@ -176,7 +176,7 @@ def test_seed_list_and_chunks():
         ('[prompts]\nfile = "nowhere.txt"', ["prompts.file", "nowhere.txt", "does not exist"]),
         ('[prompts]\nitems = ["a", "b"]\ncount = 3', ["prompts.count", "valid: 1..2"]),
         ("[prompts]\nseeds = [1, 2]\ncount = 3", ["prompts.seeds", "one per prompt"]),
-        ("[prompts]\nchunk_size = 33", ["prompts.chunk_size", "valid: 0"]),
+        ("[prompts]\nchunk_size = 65", ["prompts.chunk_size", "valid: 0"]),
         ("version = 2", ["version", "valid: 1"]),
         ('plugins = ["no_such_module_xyz"]', ["plugins[0]", "no_such_module_xyz"]),
         ("[resources]\ngpu = -1", ["resources", "gpu >= 0"]),

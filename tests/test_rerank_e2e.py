@@ -34,7 +34,8 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     assert main(["rerank", str(study), "--top-k", "1", "--w", "1.0,1.5", "--n-prompts", "3"]) == 0
     captured = capsys.readouterr()
     out = captured.out
-    assert "winner: trial" in out
+    assert "best candidate: trial" in out
+    assert out.strip().splitlines()[-1].startswith("verdict: ")
     # progress: a header, then a line per finished task: dense, the candidate at w=1 and 1.5
     assert "(3 tasks) on 3 held-out prompts at 48x48" in captured.err
     assert "[3/3]" in captured.err and "dense: score" in captured.err
@@ -64,13 +65,19 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     assert info["winner"]["delta_low"] is not None and info["confidence"] == 0.95
     run = Registry(uri).client.get_run(info["rerank_run_id"])
     assert run.data.tags["mlflow.parentRunId"] and "winner_score" in run.data.metrics
+    assert run.data.tags["crdiff.verdict"] == info["verdict"]["status"]
     assert (study / "rerank_compare.png").is_file()
 
-    assert main(["export", str(study), "--registry", uri]) == 0
+    # 3 held-out prompts cannot show a repair: the winner is refused unless asked for
+    assert info["verdict"]["status"] == "null"
+    assert main(["export", str(study), "--registry", uri]) == 2
+    assert "--allow-null" in capsys.readouterr().err
+    assert main(["export", str(study), "--registry", uri, "--allow-null"]) == 0
     recipe = Registry(uri).get("testbed", "48x48", strict=True)
     assert recipe.study_id == info["study_id"] and recipe.poa_w == info["winner"]["w"]
     assert recipe.scores["dense"] == info["dense_score"]
     assert recipe.scores["delta_ci_low"] == info["winner"]["delta_low"]
+    assert recipe.scores["heldout_prompts"] == 3 and recipe.scores["repaired"] == 0.0
     assert recipe.model_revision.startswith("sha256:")
 
     images = tmp_path / "images"

@@ -15,7 +15,7 @@ def test_dry_run_prints_the_testbed_plan(capsys, tmp_path):
     assert plan["model"] == "testbed" and plan["resolution"] == "24x24"
     assert list(plan["groups"]) == ["down", "mid", "up"]
     assert plan["groups"]["mid"] == [0.0, 0.95]
-    assert (plan["trials"], plan["sampler"], plan["prompts"]) == (5, "tpe", 32)
+    assert (plan["trials"], plan["sampler"], plan["prompts"]) == (5, "tpe", 64)
     assert plan["rerank"] == {
         "top_k": 3,
         "weights": [1.0, 1.5],
