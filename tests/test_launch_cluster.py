@@ -335,6 +335,8 @@ count = 1
 [search]
 sampler = "random"
 trials = 2
+[rerank]
+after_search = false    # no held-out prompts for this stand-in model
 """
 
 

@@ -97,6 +97,8 @@ def test_sigkill_then_resume(tmp_path):
         concurrency = 1
         [tracking]
         uri = "sqlite:///{db}"
+        [rerank]
+        after_search = false
     """)
     )
     args = [str(exp), "--out", str(out)]
