@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.names import DTYPES, GRANULARITIES, KINDS
+from crdiff_search.resolution import parse_resolution
 
 CONFIG_VERSION = 1
-DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("max", "min")
-GRANULARITIES = ("paper", "block", "kind")
-KINDS = ("self_attn", "cross_attn", "ff", "resnet")
 # scheduler name -> diffusers class; "default" keeps the pipeline's own scheduler.
 SCHEDULERS = {
     "default": None,
@@ -62,7 +61,6 @@ OVERRIDE_ALIASES = {
     "steps": "model.steps",
     "model": "model.source",
 }
-_RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TESTBED_DEFAULTS = {"steps": 8, "guidance": 2.0}
 _REAL_DEFAULTS = {"steps": 30, "guidance": 7.5}
@@ -347,16 +345,6 @@ def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> 
     return config
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"768x512"`` -> ``(768, 512)`` (width, height)."""
-    m = _RESOLUTION.match(str(text))
-    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
-        raise UsageError(
-            f"resolution {text!r} is not WIDTHxHEIGHT with positive integers, e.g. 768x512"
-        )
-    return int(m.group(1)), int(m.group(2))
-
-
 def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> list[str]:
     p = Path(path)
     if not p.is_file():
@@ -366,6 +354,22 @@ def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> li
     if not prompts:
         raise UsageError(f"{where} {str(p)!r} holds no prompts (one per line)")
     return prompts
+
+
+def parse_assignments(items: list[str], *, flag: str = "--set") -> dict[str, Any]:
+    """``["resources.cpu=2", "model.steps=4"]`` -> ``{"resources.cpu": 2, ...}``: each value is
+    read as TOML (numbers, booleans, arrays, quoted strings), else kept as a plain string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE, e.g. resources.cpu=2")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
@@ -665,8 +669,12 @@ def _search(raw: dict) -> SearchSpec:
 
     sampler = _choice("search.sampler", raw.get("sampler", "anneal"), list(SAMPLER_NAMES))
     options = dict(_expect("search.sampler_options", raw.get("sampler_options", {}), "table"))
-    trials = _at_least("search.trials", _expect("search.trials", raw.get("trials", SearchSpec.trials), "int"), 1)
-    concurrency = _expect("search.concurrency", raw.get("concurrency", SearchSpec.concurrency), "int")
+    trials = _at_least(
+        "search.trials", _expect("search.trials", raw.get("trials", SearchSpec.trials), "int"), 1
+    )
+    concurrency = _expect(
+        "search.concurrency", raw.get("concurrency", SearchSpec.concurrency), "int"
+    )
     _at_least("search.concurrency", concurrency, 1)
     retries = _at_least(
         "search.retries", _expect("search.retries", raw.get("retries", 1), "int"), 0
@@ -713,7 +721,9 @@ def _tracking(raw: dict) -> TrackingSpec:
 
 
 def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
-    top_k = _at_least("rerank.top_k", _expect("rerank.top_k", raw.get("top_k", RerankSpec.top_k), "int"), 1)
+    top_k = _at_least(
+        "rerank.top_k", _expect("rerank.top_k", raw.get("top_k", RerankSpec.top_k), "int"), 1
+    )
     weights = _expect("rerank.weights", raw.get("weights", list(RerankSpec.weights)), "list")
     weights = [_expect(f"rerank.weights[{i}]", w, "float") for i, w in enumerate(weights)]
     if not weights:
@@ -722,7 +732,9 @@ def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
     if bad:
         raise UsageError(f"rerank.weights: {bad[0]} is negative; valid: w >= 0 (1.0: no POA)")
     count = _at_least(
-        "rerank.prompts", _expect("rerank.prompts", raw.get("prompts", RerankSpec.prompts), "int"), 1
+        "rerank.prompts",
+        _expect("rerank.prompts", raw.get("prompts", RerankSpec.prompts), "int"),
+        1,
     )
     file = _expect("rerank.file", raw.get("file", ""), "str")
     if file:
@@ -732,7 +744,9 @@ def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
         read_prompt_file(path, "rerank.file")  # raises when missing or empty
         file = str(path)
     return RerankSpec(
-        after_search=_expect("rerank.after_search", raw.get("after_search", RerankSpec.after_search), "bool"),
+        after_search=_expect(
+            "rerank.after_search", raw.get("after_search", RerankSpec.after_search), "bool"
+        ),
         top_k=top_k,
         weights=tuple(dict.fromkeys(weights)),
         prompts=count,

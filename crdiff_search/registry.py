@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
-from crdiff_search.recipe import Recipe, RecipeError, format_resolution, parse_resolution
+from crdiff_search.recipe import Recipe, RecipeError
+from crdiff_search.resolution import format_resolution, parse_resolution
 
 REGISTRY_EXPERIMENT = "crdiff-registry"
 MODEL_PREFIX = "crdiff-"

@@ -367,7 +367,7 @@ def rerank(
     if image_table is not None:
         image_table.to_parquet(folder / RERANK_IMAGES, index=False)
         files.append(str(folder / RERANK_IMAGES))
-    from crdiff_search.commands.generate import compare_grid
+    from crdiff_search.images import compare_grid
 
     poa_w = best["w"] if best["w"] != 1.0 else max(weights)
     columns = {

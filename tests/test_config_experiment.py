@@ -13,12 +13,12 @@ import pytest
 from crdiff_search.config import (
     CONFIG_VERSION,
     ExperimentConfig,
+    SearchSpec,
     load_experiment,
     model_info,
-    parse_resolution,
-    SearchSpec,
 )
 from crdiff_search.errors import UsageError
+from crdiff_search.resolution import parse_resolution
 from crdiff_search.testing import tiny_unet_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -348,7 +348,7 @@ def test_shipped_experiments_load_offline(monkeypatch):
 
 
 def test_grid_lists_every_real_study():
-    from crdiff_search.commands.launch import load_grid
+    from crdiff_search.launch import load_grid
 
     grid = load_grid(REPO / "experiments" / "grid.toml")
     listed = sorted(Path(s.experiment).name for s in grid.studies)
@@ -356,13 +356,15 @@ def test_grid_lists_every_real_study():
 
 
 def test_testbed_map_grid_plans_one_study_per_map_size(tmp_path):
-    from crdiff_search.commands.launch import load_grid, plan_grid
+    from crdiff_search.launch import load_grid, plan_grid
     from crdiff_search.testbed.evaluate import MAP_SIZES
 
     grid = load_grid(REPO / "experiments" / "testbed-map.toml", cwd=tmp_path)
     plans = plan_grid(grid)
     assert [p.resolution for p in plans] == [f"{w}x{h}" for w, h in MAP_SIZES]
-    assert all(p.model == "testbed" and p.trials == load_experiment(None).search.trials for p in plans)
+    assert all(
+        p.model == "testbed" and p.trials == load_experiment(None).search.trials for p in plans
+    )
     assert all(p.out_dir == tmp_path / "runs" / "testbed-map" / p.name for p in plans)
     # a local head runs the jobs with this interpreter; each study re-ranks after its search
     assert all(p.entrypoint.startswith(f"{sys.executable} -m crdiff_search search") for p in plans)

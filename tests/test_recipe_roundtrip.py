@@ -12,8 +12,8 @@ from crdiff_search.recipe import (
     Recipe,
     RecipeError,
     code_version,
-    parse_resolution,
 )
+from crdiff_search.resolution import parse_resolution
 
 
 def make_recipe(**changes) -> Recipe:
