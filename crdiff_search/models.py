@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import ModelSourceError, UsageError
 from crdiff_search.names import DTYPES as DTYPE_NAMES
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
@@ -23,10 +23,6 @@ _MIN_VOCAB = {
     "T5Tokenizer": 32000,
     "T5TokenizerFast": 32000,
 }
-
-
-class ModelSourceError(UsageError):
-    """A model source that cannot be loaded (missing offline, malformed folder, unknown id)."""
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import IntegrityError, UsageError
 from crdiff_search.names import GRANULARITIES, KINDS
 from crdiff_search.resolution import format_resolution
 
@@ -32,6 +32,10 @@ CRITERIA = ("magnitude", "magnitude-tensor", "random")  # crdiff_search.pruning.
 
 class RecipeError(UsageError):
     """A recipe that is malformed, from an unknown schema version, or altered after export."""
+
+
+class RecipeIntegrityError(IntegrityError, RecipeError):
+    """A recipe whose checksum does not match its content (exit code 3, not 2)."""
 
 
 @dataclass(frozen=True)
@@ -328,7 +332,7 @@ class Recipe:
                     "load a hand-written recipe with verify=False"
                 )
             if checksum != recipe.checksum:
-                raise RecipeError(
+                raise RecipeIntegrityError(
                     f"recipe checksum mismatch (stored {str(checksum)[:12]}..., computed "
                     f"{recipe.checksum[:12]}...): the recipe was modified after export"
                 )
@@ -350,7 +354,7 @@ class Recipe:
         try:
             return cls.from_json(path.read_text(encoding="utf-8"), verify=verify)
         except RecipeError as exc:
-            raise RecipeError(f"{path}: {exc}") from None
+            raise type(exc)(f"{path}: {exc}") from None
 
 
 def _check_str(name: str, value, *, required: bool = False) -> None:

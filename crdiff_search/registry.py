@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
-from crdiff_search.recipe import Recipe, RecipeError
+from crdiff_search.recipe import Recipe, RecipeError, RecipeIntegrityError
 from crdiff_search.resolution import format_resolution, parse_resolution
 
 REGISTRY_EXPERIMENT = "crdiff-registry"
@@ -405,9 +405,9 @@ class Registry:
         try:
             recipe = Recipe.from_json(text)
         except RecipeError as exc:
-            raise RecipeError(f"registry recipe {where}: {exc}") from None
+            raise type(exc)(f"registry recipe {where}: {exc}") from None
         if entry.checksum and recipe.checksum != entry.checksum:
-            raise RecipeError(
+            raise RecipeIntegrityError(
                 f"registry recipe {where}: checksum {recipe.checksum[:12]}... does not match the "
                 f"registered {entry.checksum[:12]}...: the artifact was replaced after export"
             )

@@ -79,3 +79,35 @@ def test_one_resolution_parser():
         if isinstance(node, ast.FunctionDef) and node.name == "parse_resolution"
     ]
     assert defs == ["crdiff_search/resolution.py"]
+
+
+def test_error_kinds_map_to_their_exit_codes(tmp_path, capsys):
+    import json
+
+    from crdiff_search.cli import main
+    from crdiff_search.errors import CrdiffError, IntegrityError, ModelSourceError, UsageError
+    from crdiff_search.recipe import Recipe, RecipeError, RecipeIntegrityError
+
+    assert [c.exit_code for c in (CrdiffError, UsageError, IntegrityError, ModelSourceError)] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    # a tampered recipe is an integrity failure (3), still a RecipeError for callers
+    recipe = Recipe(model="testbed", width=24, height=24, ratios={"down": 0.5})
+    path = recipe.save(tmp_path / "r.json")
+    data = json.loads(path.read_text())
+    data["ratios"]["down"] = 0.9
+    path.write_text(json.dumps(data))
+    args = ["generate", "--model", "testbed", "--resolution", "24x24", "--prompt", "x"]
+    assert main([*args, "--recipe", str(path), "--out", str(tmp_path / "o")]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checksum mismatch" in err[0]
+    assert issubclass(RecipeIntegrityError, RecipeError)
+    # a model that cannot be loaded (4), a bad value (2)
+    missing = str(tmp_path / "no-such-model")
+    assert main(["generate", "--model", missing, "--resolution", "24x24", "--prompt", "x",
+                 "--recipe", "none", "--out", str(tmp_path / "o")]) == 4  # fmt: skip
+    assert "cannot load model" in capsys.readouterr().err
+    assert main([*args, "--recipe", "none", "--steps", "0"]) == 2
