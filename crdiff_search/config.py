@@ -619,8 +619,27 @@ def _objective(raw: dict) -> ObjectiveSpec:
         names=tuple(names),
         weights=tuple(weights),
         options={n: o for n, o in per_name.items() if o},
-        mode=_choice("objective.mode", raw.get("mode", "max"), MODES),
+        mode=_objective_mode(names, raw.get("mode")),
     )
+
+
+def _objective_mode(names: list[str], mode: Any) -> str:
+    """``objective.mode``: given, else the objective's own direction (``min`` for FID/KID);
+    a given mode that contradicts a single objective's direction is an error here, before
+    Ray starts."""
+    from objectives import higher_is_better
+
+    direction = higher_is_better(names[0]) if len(names) == 1 else None
+    if mode is None:
+        return "min" if direction is False else "max"
+    mode = _choice("objective.mode", mode, MODES)
+    if direction is not None and mode != ("max" if direction else "min"):
+        wanted = "max" if direction else "min"
+        raise UsageError(
+            f"objective {names[0]!r} is {'higher' if direction else 'lower'}-is-better but "
+            f"objective.mode = {mode!r}; set objective.mode = {wanted!r} (or leave it out)"
+        )
+    return mode
 
 
 def _partition(raw: dict) -> PartitionSpec:

@@ -24,10 +24,10 @@ from typing import Any
 
 from crdiff_search.errors import IntegrityError, UsageError
 from crdiff_search.names import GRANULARITIES, KINDS
+from crdiff_search.registries import CRITERIA
 from crdiff_search.resolution import format_resolution
 
 RECIPE_VERSION = 1
-CRITERIA = ("magnitude", "magnitude-tensor", "random")  # crdiff_search.pruning.CRITERION_NAMES
 
 
 class RecipeError(UsageError):
