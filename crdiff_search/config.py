@@ -453,52 +453,112 @@ def _section(data: Mapping, name: str, cls) -> dict[str, Any]:
     return dict(raw)
 
 
-def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentConfig:
-    _expect("the experiment", data, "table")
-    unknown = sorted(set(data) - set(_TOP_LEVEL) - set(_SECTIONS))
-    if unknown:
-        valid = list(_TOP_LEVEL) + [f"[{s}]" for s in _SECTIONS]
-        raise UsageError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in the experiment; valid: {', '.join(valid)}"
-        )
-    version = _expect("version", data.get("version", CONFIG_VERSION), "int")
+class ConfigErrors(UsageError):
+    """Every problem found in an experiment, one per line (``problems``)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"{len(problems)} problems in the experiment:\n{lines}")
+
+
+def _blamed_key(message: str, raw: Mapping[str, Any], section: str) -> str | None:
+    """The key of ``raw`` that an error message names (``model.steps``, ``'steps'``)."""
+    for key in sorted(raw, key=len, reverse=True):
+        if f"{section}.{key}" in message or f"'{key}'" in message:
+            return key
+        if not section and message.startswith((f"{key} ", f"{key}[")):
+            return key
+    return None
+
+
+def _validated(problems: list[str], section: str, validate, raw: Mapping[str, Any], *extra):
+    """Run a section's validator; on an error, note it, drop the field it names (its default
+    applies) and run again, so that one run reports every bad field of the section. None when
+    the section cannot be built."""
+    raw = dict(raw)
+    for _ in range(len(raw) + 1):
+        try:
+            return validate(raw, *extra)
+        except UsageError as exc:
+            problems.append(str(exc))
+            key = _blamed_key(str(exc), raw, section)
+            if key is None:
+                return None
+            raw.pop(key)
+    return None
+
+
+def _section_keys(problems: list[str], data: Mapping, name: str, cls) -> dict[str, Any]:
+    try:
+        return _section(data, name, cls)
+    except UsageError as exc:
+        problems.append(str(exc))
+        raw = data.get(name, {})
+        if not isinstance(raw, Mapping):
+            return {}
+        known = [f.name for f in dataclasses.fields(cls)]
+        if name == "objective":
+            known = ["name", "weights", "options", "mode"]
+        return {k: v for k, v in raw.items() if k in known}
+
+
+def _top_level(raw: dict) -> dict[str, Any]:
+    version = _expect("version", raw.get("version", CONFIG_VERSION), "int")
     if version != CONFIG_VERSION:
         raise UsageError(f"version = {version} is not supported; valid: {CONFIG_VERSION}")
-    study = _expect("study", data.get("study", "testbed"), "str")
+    study = _expect("study", raw.get("study", "testbed"), "str")
     if not _STUDY_NAME.match(study):
         raise UsageError(
             f"study = {study!r}: use letters, digits, '.', '_' and '-' (it names folders and runs)"
         )
-    resolution = _expect("resolution", data.get("resolution", ExperimentConfig.resolution), "str")
+    resolution = _expect("resolution", raw.get("resolution", ExperimentConfig.resolution), "str")
     w, h = parse_resolution(resolution)
-    output = _expect("output", data.get("output", ""), "str")
-    plugins = tuple(_plugins(data.get("plugins", [])))
+    return {
+        "version": version,
+        "study": study,
+        "resolution": f"{w}x{h}",
+        "output": _expect("output", raw.get("output", ""), "str"),
+        "plugins": tuple(_plugins(raw.get("plugins", []))),
+    }
 
-    model = _model(_section(data, "model", ModelSpec))
-    prompts = _prompts(_section(data, "prompts", PromptSpec), model, base_dir)
-    objective = _objective(_section(data, "objective", ObjectiveSpec))
-    partition = _partition(_section(data, "partition", PartitionSpec))
-    ratios = _ratios(_section(data, "ratios", RatioBounds))
-    search = _search(_section(data, "search", SearchSpec))
-    resources = _resources(_section(data, "resources", Resources))
-    tracking = _tracking(_section(data, "tracking", TrackingSpec))
-    rerank = _rerank(_section(data, "rerank", RerankSpec), base_dir)
-    return ExperimentConfig(
-        version=version,
-        study=study,
-        resolution=f"{w}x{h}",
-        output=output,
-        plugins=plugins,
-        model=model,
-        prompts=prompts,
-        objective=objective,
-        partition=partition,
-        ratios=ratios,
-        search=search,
-        resources=resources,
-        tracking=tracking,
-        rerank=rerank,
-    )
+
+def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentConfig:
+    """Validate everything, reporting every problem of the file at once (:class:`ConfigErrors`)."""
+    _expect("the experiment", data, "table")
+    problems: list[str] = []
+    unknown = sorted(set(data) - set(_TOP_LEVEL) - set(_SECTIONS))
+    if unknown:
+        valid = list(_TOP_LEVEL) + [f"[{s}]" for s in _SECTIONS]
+        problems.append(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in the experiment; valid: {', '.join(valid)}"
+        )
+    top = _validated(problems, "", _top_level, {k: data[k] for k in _TOP_LEVEL if k in data})
+
+    def section(name: str, cls, validate, *extra):
+        return _validated(
+            problems, name, validate, _section_keys(problems, data, name, cls), *extra
+        )
+
+    model = section("model", ModelSpec, _model)
+    prompts = section("prompts", PromptSpec, _prompts, model or ModelSpec(), base_dir)
+    built = {
+        "model": model,
+        "prompts": prompts,
+        "objective": section("objective", ObjectiveSpec, _objective),
+        "partition": section("partition", PartitionSpec, _partition),
+        "ratios": section("ratios", RatioBounds, _ratios),
+        "search": section("search", SearchSpec, _search),
+        "resources": section("resources", Resources, _resources),
+        "tracking": section("tracking", TrackingSpec, _tracking),
+        "rerank": section("rerank", RerankSpec, _rerank, base_dir),
+    }
+    if problems:
+        raise ConfigErrors(list(dict.fromkeys(problems)))
+    return ExperimentConfig(**top, **built)
 
 
 def _plugins(raw: Any) -> list[str]:

@@ -199,6 +199,52 @@ def test_bad_fields_name_the_field_and_valid_values(tmp_path, text, needles):
         assert needle in str(info.value), (needle, str(info.value))
 
 
+def test_a_file_with_several_mistakes_gets_all_of_them_in_one_run(tmp_path):
+    from crdiff_search.config import ConfigErrors
+
+    path = write(
+        tmp_path,
+        """
+        study = "bad name"
+        resolution = "64by64"
+        bogus = 1
+        [model]
+        steps = "8"
+        dtype = "fp8"
+        [search]
+        sampler = "grid"
+        trials = 0
+        [ratios]
+        low = 0.6
+        high = 0.2
+        [rerank]
+        top_k = 0
+        heldout = 3
+        """,
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load_experiment(path)
+    problems = info.value.problems
+    needles = [
+        "'bogus'",
+        "study = 'bad name'",
+        "'64by64'",
+        "model.steps",
+        "model.dtype",
+        "search.sampler",
+        "search.trials",
+        "0 <= low < high < 1",
+        "rerank.top_k",
+        "'heldout'",
+    ]
+    for needle in needles:
+        assert sum(needle in p for p in problems) == 1, (needle, problems)
+    assert len(problems) == len(needles)
+    text = str(info.value)
+    assert text.startswith(f"{len(needles)} problems in the experiment:")
+    assert text.count("\n  - ") == len(needles)
+
+
 def test_real_model_needs_prompts(tmp_path):
     model = config_only_model(tmp_path / "model")
     path = write(tmp_path, f'resolution = "32x32"\n[model]\nsource = "{model}"\n')
