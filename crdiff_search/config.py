@@ -327,12 +327,7 @@ def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> 
         base_dir = None
     else:
         p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"experiment file {str(p)!r} does not exist")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"experiment file {str(p)!r} is not valid TOML: {exc}") from None
+        data = read_toml(p, "experiment file")
         data.setdefault("study", p.stem)
         base_dir = p.resolve().parent
     for key, value in overrides.items():
@@ -343,6 +338,18 @@ def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> 
     config = _from_dict(data, base_dir=base_dir)
     check_model(config)
     return config
+
+
+def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The table in a TOML file; a missing or malformed file is a :class:`UsageError` naming
+    ``what`` it is and the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
 
 
 def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> list[str]:

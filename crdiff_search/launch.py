@@ -36,7 +36,6 @@ import re
 import shlex
 import sys
 import time
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,13 +100,10 @@ def load_grid(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None) 
     Experiment paths are relative to the grid file; ``out`` (default ``runs``) is relative to
     ``cwd`` (the working folder), like the output of ``crdiff search``.
     """
+    from crdiff_search.config import read_toml
+
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"grid file {str(path)!r} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise _grid_error(path, f"not valid TOML: {exc}") from None
+    data = read_toml(path, "grid file")
     unknown = sorted(set(data) - set(GRID_KEYS))
     if unknown:
         raise _grid_error(path, f"unknown key(s) {unknown}; valid: {', '.join(GRID_KEYS)}")
