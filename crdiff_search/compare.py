@@ -28,6 +28,7 @@ from typing import Any
 from analysis.compare import DEFAULT_SHARE, MANIFEST, TABLE, build_report
 from analysis.table import DONE_STATES, method_label
 from crdiff_search.errors import UsageError
+from crdiff_search.study_folder import StudyFolder
 
 STUDIES_DIR = "studies"
 MANIFEST_VERSION = 1
@@ -233,7 +234,7 @@ def study_status(study: PlannedStudy) -> str:
     """``complete``, ``resume`` (an interrupted study), or ``new``; a folder holding a study
     with other settings is a UsageError (a new ``--out`` is needed)."""
     from crdiff_search.config import ExperimentConfig
-    from crdiff_search.runner.study import CONFIG_FILE, RESULTS_FOLDER, TABLE_FILE
+    from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, TABLE_FILE
 
     out = study.config.output_dir
     stored = out / CONFIG_FILE
@@ -352,7 +353,7 @@ def run_comparison(
                 f"[{i}/{len(todo)}] {study.name}: {'resuming' if status == 'resume' else 'running'}"
                 f" ({study.config.search.trials} trials)"
             )
-            table = study.config.output_dir / "trials.parquet"
+            table = StudyFolder(study.config.output_dir).table
             if status == "new" and table.is_file():
                 table.unlink()  # a start that never reached Ray; its rows cannot be resumed
             try:
@@ -390,7 +391,7 @@ def run_comparison(
     sources: dict[str, Path] = {}
     labels: dict[str, dict[str, Any]] = {}
     for study in studies:
-        path = study.config.output_dir / "trials.parquet"
+        path = StudyFolder(study.config.output_dir).table
         # run=False reports what is finished: a study cut short would bias its method.
         if path.is_file() and (run or statuses[study.name] == "complete"):
             sources[study.name] = path

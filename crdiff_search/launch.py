@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.study_folder import StudyFolder
 
 GRID_VERSION = 1
 GRID_KEYS = ("version", "out", "command", "tracking_uri", "env", "defaults", "study")
@@ -174,7 +175,7 @@ class StudyPlan:
 
     def trials_done(self) -> int:
         """Trials in a terminal state in ``out_dir/trials.parquet`` (0 when absent)."""
-        table = self.out_dir / "trials.parquet"
+        table = StudyFolder(self.out_dir).table
         if not table.is_file():
             return 0
         try:
@@ -191,13 +192,12 @@ class StudyPlan:
     def has_state(self) -> bool:
         """Whether an earlier attempt left a study to resume (``crdiff search --resume``
         needs the stored experiment and Ray's results folder of the study)."""
-        return (self.out_dir / "experiment.toml").is_file() and (
-            self.out_dir / "ray" / self.name
-        ).is_dir()
+        folder = StudyFolder(self.out_dir)
+        return folder.config.is_file() and folder.results(self.name).is_dir()
 
     def best(self) -> tuple[float, int] | None:
         """(best score, completed trials) from ``trials.parquet``, or None."""
-        table = self.out_dir / "trials.parquet"
+        table = StudyFolder(self.out_dir).table
         if not table.is_file():
             return None
         try:

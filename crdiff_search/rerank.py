@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.study_folder import (
+    RERANK_CSV,
+    RERANK_FILE,
+    RERANK_GRID,
+    RERANK_IMAGES,
+    RERANK_TABLE,
+)
 
-RERANK_TABLE = "rerank.parquet"
-RERANK_CSV = "rerank.csv"
-RERANK_FILE = "rerank.json"
-RERANK_GRID = "rerank_compare.png"
-RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
 CONFIDENCE = 0.95
 N_SHOW = 8  # images per row kept for the comparison grid
 # per-prompt comparison columns of the table (empty without per-image values)
@@ -77,7 +79,7 @@ def load_study(study_dir: str | Path):
     import pandas as pd
 
     from crdiff_search.config import ExperimentConfig
-    from crdiff_search.runner.study import CONFIG_FILE, STUDY_FILE, TABLE_FILE
+    from crdiff_search.study_folder import CONFIG_FILE, STUDY_FILE, TABLE_FILE
 
     folder = Path(study_dir)
     missing = [n for n in (TABLE_FILE, CONFIG_FILE, STUDY_FILE) if not (folder / n).is_file()]
@@ -618,7 +620,7 @@ def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
     ]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.log_text(run_id, table.to_csv(index=False), "rerank.csv")
-    client.log_dict(run_id, info, "rerank.json")
+    client.log_dict(run_id, info, RERANK_FILE)
     if grid is not None:
         client.log_image(run_id, grid, "images/rerank_compare.png")
     client.set_terminated(run_id, "FINISHED")

@@ -54,9 +54,10 @@ def _run(args: argparse.Namespace) -> int:
     from crdiff_search.errors import UsageError
     from crdiff_search.rerank import load_study
     from crdiff_search.resolution import parse_resolution
+    from crdiff_search.study_folder import StudyFolder
 
     folders, default_out = _folders(args.sources)
-    missing = [f for f in folders if not (f / "rerank.json").is_file()]
+    missing = [f for f in folders if not StudyFolder(f).rerank_json.is_file()]
     if missing:
         raise UsageError(
             "no held-out re-ranking yet in "

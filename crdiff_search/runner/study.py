@@ -13,11 +13,7 @@ from typing import Any
 
 from crdiff_search.config import ExperimentConfig, check_model, group_names
 from crdiff_search.errors import UsageError
-
-RESULTS_FOLDER = "ray"
-TABLE_FILE = "trials.parquet"
-STUDY_FILE = "study.json"
-CONFIG_FILE = "experiment.toml"
+from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, STUDY_FILE, TABLE_FILE
 
 
 @dataclass(frozen=True)
