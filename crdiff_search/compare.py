@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -334,18 +333,10 @@ def run_comparison(
         import ray
 
         from crdiff_search.runner import run_study
+        from crdiff_search.runner.session import start_ray
 
         # One Ray session for every study: run_study reuses it instead of starting its own.
-        if not ray.is_initialized():
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            # "local": never attach to some other cluster found on this machine by accident.
-            ray.init(
-                address=address or "local",
-                include_dashboard=False,
-                log_to_driver=False,
-                **({} if address else {"num_cpus": os.cpu_count() or 1}),
-            )
-            started_ray = True
+        started_ray = start_ray(address)
     try:
         for i, study in enumerate(todo, start=1):
             status = statuses[study.name]

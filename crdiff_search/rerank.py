@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -282,15 +281,9 @@ def rerank(
 
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address is None:
-            kwargs["num_cpus"] = max(1, os.cpu_count() or 1)
-            address = "local"
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        _init_ray(ray, address, kwargs)
-        started = True
+    from crdiff_search.runner.session import start_ray
+
+    started = start_ray(address)
     try:
         task = ray.remote(evaluate_candidate).options(
             num_cpus=config.resources.cpu, num_gpus=config.resources.gpu
@@ -555,20 +548,6 @@ def _gather(
             f"({time.perf_counter() - started:.0f} s)"
         )
     return ray.get(refs)
-
-
-def _init_ray(ray, address: str, kwargs: dict[str, Any], attempts: int = 3) -> None:
-    # On a loaded machine a local node can miss Ray's fixed 30 s registration window; a second
-    # start usually succeeds.
-    for attempt in range(attempts):
-        try:
-            ray.init(address=address, **kwargs)
-            return
-        except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
-                raise
-            ray.shutdown()
-            time.sleep(2.0)
 
 
 def _objective_name(config) -> str:

@@ -238,6 +238,7 @@ def run_study(
     import ray
     from ray import tune
 
+    from crdiff_search.runner.session import start_ray
     from crdiff_search.runner.table import TrialTable
     from crdiff_search.runner.trainable import PruningTrainable
 
@@ -262,16 +263,8 @@ def run_study(
         tracking = {"uri": uri, "experiment": config.tracking_experiment, "parent_run_id": parent}
 
     _ray_env(config.search.concurrency)
-    started_ray = False
-    if not ray.is_initialized():
-        need = config.search.concurrency * config.resources.cpu
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address is None:
-            # A fresh local instance, never a cluster that happens to run on this machine.
-            kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
-            address = "local"
-        ray.init(address=address, **kwargs)
-        started_ray = True
+    need = math.ceil(config.search.concurrency * config.resources.cpu)
+    started_ray = start_ray(address, num_cpus=max(os.cpu_count() or 1, need))
 
     completed = _completed_rows(table_path, groups) if resume else {}
     settings = _settings(config, groups, completed, tracking)
