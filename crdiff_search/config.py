@@ -34,6 +34,7 @@ from typing import Any
 from crdiff_search.errors import UsageError
 from crdiff_search.names import DTYPES, GRANULARITIES, KINDS
 from crdiff_search.resolution import parse_resolution
+from crdiff_search.testbed import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 CONFIG_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -62,8 +63,14 @@ OVERRIDE_ALIASES = {
     "model": "model.source",
 }
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TESTBED_DEFAULTS = {"steps": 8, "guidance": 2.0}
-_REAL_DEFAULTS = {"steps": 30, "guidance": 7.5}
+REAL_SAMPLING = (30, 7.5)  # steps and guidance of a real model when nothing says otherwise
+
+
+def sampling_defaults(source: str) -> tuple[int, float]:
+    """Default (steps, guidance) for a model source: the testbed's own, else REAL_SAMPLING."""
+    if source == "testbed":
+        return DEFAULT_STEPS, DEFAULT_GUIDANCE
+    return REAL_SAMPLING
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -74,8 +81,8 @@ class ModelSpec:
     source: str = "testbed"  # "testbed", a local pipeline folder, or a hub id
     dtype: str = "float32"
     scheduler: str = "default"
-    steps: int = _TESTBED_DEFAULTS["steps"]
-    guidance: float = _TESTBED_DEFAULTS["guidance"]
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     device: str = "auto"
 
 
@@ -587,11 +594,11 @@ def _model(raw: dict) -> ModelSpec:
         raise UsageError(
             "model.source is empty; valid: 'testbed', a local pipeline folder, or a hub id"
         )
-    defaults = _TESTBED_DEFAULTS if source == "testbed" else _REAL_DEFAULTS
+    default_steps, default_guidance = sampling_defaults(source)
     steps = _at_least(
-        "model.steps", _expect("model.steps", raw.get("steps", defaults["steps"]), "int"), 1
+        "model.steps", _expect("model.steps", raw.get("steps", default_steps), "int"), 1
     )
-    guidance = _expect("model.guidance", raw.get("guidance", defaults["guidance"]), "float")
+    guidance = _expect("model.guidance", raw.get("guidance", default_guidance), "float")
     if guidance < 0:
         raise UsageError(f"model.guidance must be >= 0, got {guidance}")
     return ModelSpec(

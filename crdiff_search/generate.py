@@ -24,7 +24,6 @@ from typing import Any
 from crdiff_search.errors import UsageError
 
 DEFAULT_OUT = "crdiff-images"
-REAL_SAMPLING = (30, 7.5)  # steps and guidance of a real model without a recipe
 
 
 @dataclass
@@ -45,12 +44,9 @@ def sampling_defaults(
         steps = recipe.steps
     if guidance is None and recipe is not None and recipe.guidance is not None:
         guidance = recipe.guidance
-    if model == "testbed":
-        from crdiff_search.testbed import DEFAULT_GUIDANCE, DEFAULT_STEPS
+    from crdiff_search.config import sampling_defaults as model_defaults
 
-        defaults = (DEFAULT_STEPS, DEFAULT_GUIDANCE)
-    else:
-        defaults = REAL_SAMPLING
+    defaults = model_defaults(model)
     return int(defaults[0] if steps is None else steps), float(
         defaults[1] if guidance is None else guidance
     )
