@@ -373,17 +373,6 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-def code_version() -> str:
-    """The package version, plus the git commit (``+g<sha>``, ``.dirty``) when run from a checkout."""
-    from crdiff_search.tracking import code_version as code_info
-
-    info = code_info()
-    if "git_commit" not in info:
-        return info["version"]
-    dirty = ".dirty" if info["git_dirty"] == "true" else ""
-    return f"{info['version']}+g{info['git_commit'][:12]}{dirty}"
-
-
 def model_fingerprint(source: str, denoiser=None) -> str | None:
     """A content hash or revision for the base model.
 

@@ -627,7 +627,8 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
     A winner whose held-out verdict is not ``repaired`` (no interval excluding zero, or no
     held-out check at all with ``use_rerank=False``) raises :class:`NullResultError` unless
     ``allow_null``: a null result is not a recipe."""
-    from crdiff_search.recipe import Recipe, code_version, model_fingerprint, utc_now
+    from crdiff_search.recipe import Recipe, model_fingerprint, utc_now
+    from crdiff_search.version import code_version
 
     folder = Path(study_dir).resolve()
     config, study_id, trials = load_study(folder)

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 import re
-import subprocess
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.version import code_info
 
 log = logging.getLogger(__name__)
 
@@ -136,45 +136,6 @@ def resolve_tracking_uri(uri: str | os.PathLike | None) -> str:
         if path and path != ":memory:" and not path.startswith("/"):
             return f"{scheme}:///{Path(path).expanduser().resolve()}"
     return text
-
-
-def code_version() -> dict[str, str]:
-    """The package version and, when the package runs from a git checkout, its commit."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("crdiff-search")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    info = {"version": version}
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        # An installed copy: a repository around site-packages is not this package's source.
-        return info
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return info
-    if re.fullmatch(r"[0-9a-f]{40}", commit):
-        info["git_commit"] = commit
-        info["git_dirty"] = "true" if dirty else "false"
-    return info
-
-
-# ----------------------------------------------------------------------------- image grids
 
 
 def _to_pil(image):
@@ -483,7 +444,7 @@ class StudyTracker:
             raise UsageError("study_id must be a non-empty string")
         study_id = str(study_id)
         run_id = self.find_study(study_id)
-        version = code_version()
+        version = code_info()
         base_tags = {
             STUDY_TAG: study_id,
             KIND_TAG: "study",
