@@ -126,6 +126,20 @@ class PartitionSpec:
     n_groups: int = 0  # 0: the granularity's own number of groups
     criterion: str = "magnitude"
 
+    def recipe_partition(self) -> dict[str, Any]:
+        """The partition as recipes and ``build_partition`` spell it (unset is ``None``)."""
+        return recipe_partition(dataclasses.asdict(self))
+
+
+def recipe_partition(part: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"granularity", "include", "n_groups"}`` from an experiment's ``[partition]`` table
+    (or its dict form on a worker): an empty include and ``n_groups = 0`` become ``None``."""
+    return {
+        "granularity": part.get("granularity", "paper"),
+        "include": list(part.get("include") or ()) or None,
+        "n_groups": part.get("n_groups") or None,
+    }
+
 
 @dataclass(frozen=True)
 class RatioBounds:
@@ -1065,13 +1079,7 @@ def group_names(config: ExperimentConfig, info: ModelInfo | None = None) -> tupl
         return None
     from search_spaces import build_partition
 
-    p = config.partition
-    partition = build_partition(
-        meta_denoiser(info),
-        p.granularity,
-        include=list(p.include) or None,
-        n_groups=p.n_groups or None,
-    )
+    partition = build_partition(meta_denoiser(info), **config.partition.recipe_partition())
     return tuple(partition.group_names)
 
 

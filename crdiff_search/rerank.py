@@ -181,6 +181,7 @@ def evaluate_candidate(
     """Score the dense model (``candidate=None``) or one candidate at each POA weight, in the
     calling process (a Ray task's body). Rows carry per-objective values and a few images."""
     from crdiff_search.apply import apply_recipe
+    from crdiff_search.config import recipe_partition
     from crdiff_search.recipe import Recipe
     from crdiff_search.runner.worker import worker_state
 
@@ -228,11 +229,7 @@ def evaluate_candidate(
             width=settings["width"],
             height=settings["height"],
             ratios=candidate["ratios"],
-            partition={
-                "granularity": cfg["partition"]["granularity"],
-                "include": list(cfg["partition"]["include"]) or None,
-                "n_groups": cfg["partition"]["n_groups"] or None,
-            },
+            partition=recipe_partition(cfg["partition"]),
             criterion=cfg["partition"]["criterion"],
             poa_w=w,
         )
@@ -697,11 +694,7 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
         model_revision=revision,
         width=config.width,
         height=config.height,
-        partition={
-            "granularity": p.granularity,
-            "include": list(p.include) or None,
-            "n_groups": p.n_groups or None,
-        },
+        partition=p.recipe_partition(),
         criterion=p.criterion,
         ratios={g: float(r) for g, r in ratios.items() if g in groups or not groups},
         poa_w=float(w),
