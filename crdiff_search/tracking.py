@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import CrdiffError, UsageError
 from crdiff_search.version import code_info
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _file_lock(path: Path | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(CrdiffError, RuntimeError):
     """MLflow failed; the message names the tracking URI and what was being done."""
 
 
@@ -245,6 +245,37 @@ def _timing_key(key: str) -> str:
     return key if key.startswith("t_") else f"t_{key}"
 
 
+def call_mlflow(
+    fn,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    *,
+    retries: int,
+    passthrough: tuple[type[BaseException], ...] = (),
+    wrap,
+    keep=lambda exc: False,
+):
+    """``fn(*args, **kwargs)``, retried with a doubling back-off (0.05 s to 2 s) while SQLite
+    reports "database is locked" (several processes writing one store); ``passthrough``
+    exceptions and those ``keep(exc)`` accepts propagate as they are, any other becomes
+    ``wrap(exc)``."""
+    delay = 0.05
+    for attempt in range(retries + 1):
+        try:
+            return fn(*args, **(kwargs or {}))
+        except passthrough:
+            raise
+        except Exception as exc:
+            if "database is locked" in str(exc) and attempt < retries:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if keep(exc):
+                raise
+            raise wrap(exc) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class StudyTracker:
     """Parent/child MLflow runs for one experiment (a set of studies), found again by tags.
 
@@ -286,23 +317,21 @@ class StudyTracker:
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run an MLflow call; retry SQLite lock contention; re-raise naming the URI."""
-        delay = 0.05
-        for attempt in range(_LOCK_RETRIES + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if isinstance(exc, (UsageError, TrackingError)):
-                    raise
-                text = str(exc)
-                if "database is locked" in text and attempt < _LOCK_RETRIES:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise TrackingError(
-                    f"MLflow {what} failed (tracking URI {self.tracking_uri}): "
-                    f"{type(exc).__name__}: {text.strip()[:2000]}"
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def wrap(exc: Exception) -> Exception:
+            return TrackingError(
+                f"MLflow {what} failed (tracking URI {self.tracking_uri}): "
+                f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+            )
+
+        return call_mlflow(
+            fn,
+            args,
+            kwargs,
+            retries=_LOCK_RETRIES,
+            passthrough=(UsageError, TrackingError),
+            wrap=wrap,
+        )
 
     def _ensure_experiment(self) -> str:
         exp = self._call(
