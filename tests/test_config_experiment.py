@@ -15,9 +15,9 @@ from crdiff_search.config import (
     ExperimentConfig,
     SearchSpec,
     load_experiment,
-    model_info,
 )
 from crdiff_search.errors import UsageError
+from crdiff_search.model_info import model_info
 from crdiff_search.resolution import parse_resolution
 from crdiff_search.testing import tiny_unet_config
 

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.config import ExperimentConfig, check_model, group_names
+from crdiff_search.config import ExperimentConfig
 from crdiff_search.errors import UsageError
+from crdiff_search.model_info import check_model, group_names
 from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, STUDY_FILE, TABLE_FILE
 
 
