@@ -60,7 +60,8 @@ TAIL_COLUMNS = (
 
 
 def _study_row(folder: Path) -> dict:
-    from crdiff_search.rerank import RERANK_FILE, RERANK_TABLE, load_study
+    from crdiff_search.rerank import load_study
+    from crdiff_search.study_folder import RERANK_FILE, RERANK_TABLE
 
     config, _, trials = load_study(folder)
     info_path, table_path = folder / RERANK_FILE, folder / RERANK_TABLE

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from crdiff_search.errors import UsageError
+from crdiff_search.study_folder import TABLE_FILE
 
 RATIO_PREFIX = "ratio."
 TIMING_COLUMNS = ("t_prune", "t_generate", "t_score", "t_restore", "t_total")
@@ -79,7 +80,7 @@ def load_study_table(path: str | Path) -> pd.DataFrame:
     """Read one study's ``trials.parquet`` (a file, or a folder that holds one)."""
     path = Path(path)
     if path.is_dir():
-        path = path / "trials.parquet"
+        path = path / TABLE_FILE
     if not path.is_file():
         raise UsageError(f"no trial table at {path}")
     return pd.read_parquet(path)
@@ -93,7 +94,7 @@ def find_study_tables(roots: Iterable[str | Path]) -> list[Path]:
         if root.is_file():
             found.append(root)
         elif root.is_dir():
-            found.extend(sorted(root.rglob("trials.parquet")))
+            found.extend(sorted(root.rglob(TABLE_FILE)))
         else:
             raise UsageError(f"--collect: {root} is neither a trial table nor a folder")
     return sorted(set(found))

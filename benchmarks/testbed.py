@@ -22,7 +22,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 def main() -> None:
     from crdiff_search import testbed
     from crdiff_search.models import generate_images
-    from crdiff_search.config import parse_resolution
+    from crdiff_search.resolution import parse_resolution
     from crdiff_search.testbed.scenes import sample_captions
     from objectives.scene import SceneObjective
 

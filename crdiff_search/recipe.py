@@ -17,46 +17,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import IntegrityError, UsageError
+from crdiff_search.names import GRANULARITIES, KINDS
+from crdiff_search.registries import CRITERIA
+from crdiff_search.resolution import format_resolution
 
 RECIPE_VERSION = 1
-GRANULARITIES = ("paper", "block", "kind")
-PRUNABLE_KINDS = ("self_attn", "cross_attn", "ff", "resnet")
-CRITERIA = ("magnitude", "magnitude-tensor", "random")  # crdiff_search.pruning.CRITERION_NAMES
-_RESOLUTION_RE = re.compile(r"^\s*(\d+)\s*[xX\u00d7]\s*(\d+)\s*$")
 
 
 class RecipeError(UsageError):
     """A recipe that is malformed, from an unknown schema version, or altered after export."""
 
 
-def parse_resolution(value) -> tuple[int, int]:
-    """``"768x512"``, ``(768, 512)`` or ``[768, 512]`` -> ``(width, height)``."""
-    if isinstance(value, str):
-        match = _RESOLUTION_RE.match(value)
-        if not match:
-            raise UsageError(f"resolution {value!r} must look like WIDTHxHEIGHT, e.g. 768x512")
-        width, height = int(match[1]), int(match[2])
-    else:
-        try:
-            width, height = (int(v) for v in value)
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"resolution {value!r} must be WIDTHxHEIGHT or (width, height)"
-            ) from None
-    if width <= 0 or height <= 0:
-        raise UsageError(f"resolution {width}x{height} must be positive")
-    return width, height
-
-
-def format_resolution(width: int, height: int) -> str:
-    return f"{int(width)}x{int(height)}"
+class RecipeIntegrityError(IntegrityError, RecipeError):
+    """A recipe whose checksum does not match its content (exit code 3, not 2)."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +105,10 @@ class PartitionSpec:
             )
         if self.include is not None:
             include = tuple(self.include)
-            bad = [k for k in include if k not in PRUNABLE_KINDS]
+            bad = [k for k in include if k not in KINDS]
             if bad or not include:
                 raise RecipeError(
-                    f"partition include {list(include)!r} is invalid; valid kinds: {', '.join(PRUNABLE_KINDS)}"
+                    f"partition include {list(include)!r} is invalid; valid kinds: {', '.join(KINDS)}"
                 )
             object.__setattr__(self, "include", include)
         if self.n_groups is not None and (
@@ -353,7 +332,7 @@ class Recipe:
                     "load a hand-written recipe with verify=False"
                 )
             if checksum != recipe.checksum:
-                raise RecipeError(
+                raise RecipeIntegrityError(
                     f"recipe checksum mismatch (stored {str(checksum)[:12]}..., computed "
                     f"{recipe.checksum[:12]}...): the recipe was modified after export"
                 )
@@ -375,7 +354,7 @@ class Recipe:
         try:
             return cls.from_json(path.read_text(encoding="utf-8"), verify=verify)
         except RecipeError as exc:
-            raise RecipeError(f"{path}: {exc}") from None
+            raise type(exc)(f"{path}: {exc}") from None
 
 
 def _check_str(name: str, value, *, required: bool = False) -> None:
@@ -392,17 +371,6 @@ def _checksum(payload: dict[str, Any]) -> str:
 
 def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
-
-
-def code_version() -> str:
-    """The package version, plus the git commit (``+g<sha>``, ``.dirty``) when run from a checkout."""
-    from crdiff_search.tracking import code_version as code_info
-
-    info = code_info()
-    if "git_commit" not in info:
-        return info["version"]
-    dirty = ".dirty" if info["git_dirty"] == "true" else ""
-    return f"{info['version']}+g{info['git_commit'][:12]}{dirty}"
 
 
 def model_fingerprint(source: str, denoiser=None) -> str | None:

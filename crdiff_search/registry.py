@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.errors import UsageError
-from crdiff_search.recipe import Recipe, RecipeError, format_resolution, parse_resolution
+from crdiff_search.errors import CrdiffError, UsageError
+from crdiff_search.recipe import Recipe, RecipeError, RecipeIntegrityError
+from crdiff_search.resolution import format_resolution, parse_resolution
 
 REGISTRY_EXPERIMENT = "crdiff-registry"
 MODEL_PREFIX = "crdiff-"
@@ -55,7 +56,7 @@ class RecipeNotFoundError(UsageError):
     """No recipe registered for the model, or (with ``strict``) for the resolution."""
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CrdiffError, RuntimeError):
     """MLflow failed while reading or writing the registry; names the URI."""
 
 
@@ -168,24 +169,23 @@ class Registry:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _call(self, what: str, fn, *args, **kwargs):
-        delay = 0.05
-        for attempt in range(_RETRIES + 1):
-            try:
-                return fn(*args, **kwargs)
-            except (UsageError, RegistryError):
-                raise
-            except Exception as exc:
-                text = str(exc)
-                if "database is locked" in text and attempt < _RETRIES:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                if _not_found(exc):
-                    raise
-                raise RegistryError(
-                    f"registry {what} failed (URI {self.uri}): {type(exc).__name__}: {text.strip()[:1000]}"
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        from crdiff_search.tracking import call_mlflow
+
+        def wrap(exc: Exception) -> Exception:
+            return RegistryError(
+                f"registry {what} failed (URI {self.uri}): {type(exc).__name__}: "
+                f"{str(exc).strip()[:1000]}"
+            )
+
+        return call_mlflow(
+            fn,
+            args,
+            kwargs,
+            retries=_RETRIES,
+            passthrough=(UsageError, RegistryError),
+            wrap=wrap,
+            keep=_not_found,
+        )
 
     def _experiment_id_(self) -> str:
         if self._experiment_id is None:
@@ -404,9 +404,9 @@ class Registry:
         try:
             recipe = Recipe.from_json(text)
         except RecipeError as exc:
-            raise RecipeError(f"registry recipe {where}: {exc}") from None
+            raise type(exc)(f"registry recipe {where}: {exc}") from None
         if entry.checksum and recipe.checksum != entry.checksum:
-            raise RecipeError(
+            raise RecipeIntegrityError(
                 f"registry recipe {where}: checksum {recipe.checksum[:12]}... does not match the "
                 f"registered {entry.checksum[:12]}...: the artifact was replaced after export"
             )

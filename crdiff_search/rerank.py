@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.study_folder import (
+    RERANK_CSV,
+    RERANK_FILE,
+    RERANK_GRID,
+    RERANK_IMAGES,
+    RERANK_TABLE,
+)
 
-RERANK_TABLE = "rerank.parquet"
-RERANK_CSV = "rerank.csv"
-RERANK_FILE = "rerank.json"
-RERANK_GRID = "rerank_compare.png"
-RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
 CONFIDENCE = 0.95
 N_SHOW = 8  # images per row kept for the comparison grid
 # per-prompt comparison columns of the table (empty without per-image values)
@@ -77,7 +78,7 @@ def load_study(study_dir: str | Path):
     import pandas as pd
 
     from crdiff_search.config import ExperimentConfig
-    from crdiff_search.runner.study import CONFIG_FILE, STUDY_FILE, TABLE_FILE
+    from crdiff_search.study_folder import CONFIG_FILE, STUDY_FILE, TABLE_FILE
 
     folder = Path(study_dir)
     missing = [n for n in (TABLE_FILE, CONFIG_FILE, STUDY_FILE) if not (folder / n).is_file()]
@@ -180,6 +181,7 @@ def evaluate_candidate(
     """Score the dense model (``candidate=None``) or one candidate at each POA weight, in the
     calling process (a Ray task's body). Rows carry per-objective values and a few images."""
     from crdiff_search.apply import apply_recipe
+    from crdiff_search.config import recipe_partition
     from crdiff_search.recipe import Recipe
     from crdiff_search.runner.worker import worker_state
 
@@ -227,11 +229,7 @@ def evaluate_candidate(
             width=settings["width"],
             height=settings["height"],
             ratios=candidate["ratios"],
-            partition={
-                "granularity": cfg["partition"]["granularity"],
-                "include": list(cfg["partition"]["include"]) or None,
-                "n_groups": cfg["partition"]["n_groups"] or None,
-            },
+            partition=recipe_partition(cfg["partition"]),
             criterion=cfg["partition"]["criterion"],
             poa_w=w,
         )
@@ -280,15 +278,9 @@ def rerank(
 
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address is None:
-            kwargs["num_cpus"] = max(1, os.cpu_count() or 1)
-            address = "local"
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        _init_ray(ray, address, kwargs)
-        started = True
+    from crdiff_search.runner.session import start_ray
+
+    started = start_ray(address)
     try:
         task = ray.remote(evaluate_candidate).options(
             num_cpus=config.resources.cpu, num_gpus=config.resources.gpu
@@ -367,7 +359,7 @@ def rerank(
     if image_table is not None:
         image_table.to_parquet(folder / RERANK_IMAGES, index=False)
         files.append(str(folder / RERANK_IMAGES))
-    from crdiff_search.commands.generate import compare_grid
+    from crdiff_search.images import compare_grid
 
     poa_w = best["w"] if best["w"] != 1.0 else max(weights)
     columns = {
@@ -555,20 +547,6 @@ def _gather(
     return ray.get(refs)
 
 
-def _init_ray(ray, address: str, kwargs: dict[str, Any], attempts: int = 3) -> None:
-    # On a loaded machine a local node can miss Ray's fixed 30 s registration window; a second
-    # start usually succeeds.
-    for attempt in range(attempts):
-        try:
-            ray.init(address=address, **kwargs)
-            return
-        except Exception as exc:
-            if "timed out during startup" not in str(exc) or attempt == attempts - 1:
-                raise
-            ray.shutdown()
-            time.sleep(2.0)
-
-
 def _objective_name(config) -> str:
     names = config.objective.names
     if len(names) == 1:
@@ -618,7 +596,7 @@ def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
     ]
     client.log_batch(run_id, metrics=metrics, params=params)
     client.log_text(run_id, table.to_csv(index=False), "rerank.csv")
-    client.log_dict(run_id, info, "rerank.json")
+    client.log_dict(run_id, info, RERANK_FILE)
     if grid is not None:
         client.log_image(run_id, grid, "images/rerank_compare.png")
     client.set_terminated(run_id, "FINISHED")
@@ -646,7 +624,8 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
     A winner whose held-out verdict is not ``repaired`` (no interval excluding zero, or no
     held-out check at all with ``use_rerank=False``) raises :class:`NullResultError` unless
     ``allow_null``: a null result is not a recipe."""
-    from crdiff_search.recipe import Recipe, code_version, model_fingerprint, utc_now
+    from crdiff_search.recipe import Recipe, model_fingerprint, utc_now
+    from crdiff_search.version import code_version
 
     folder = Path(study_dir).resolve()
     config, study_id, trials = load_study(folder)
@@ -715,11 +694,7 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
         model_revision=revision,
         width=config.width,
         height=config.height,
-        partition={
-            "granularity": p.granularity,
-            "include": list(p.include) or None,
-            "n_groups": p.n_groups or None,
-        },
+        partition=p.recipe_partition(),
         criterion=p.criterion,
         ratios={g: float(r) for g, r in ratios.items() if g in groups or not groups},
         poa_w=float(w),

@@ -14,12 +14,14 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
+from crdiff_search.errors import ModelSourceError
+
 CLIP_VOCAB_SIZE = 49408
 _N_MERGES = 49152 - 256 - 2
 
 
-class TokenizerError(RuntimeError):
-    """A tokenizer is missing or incomplete."""
+class TokenizerError(ModelSourceError, RuntimeError):
+    """A tokenizer is missing or incomplete (a model-source problem: exit code 4)."""
 
 
 def check_tokenizer(tokenizer, *, min_vocab: int, what: str = "tokenizer") -> None:

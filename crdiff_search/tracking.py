@@ -22,14 +22,14 @@ import logging
 import math
 import os
 import re
-import subprocess
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.errors import UsageError
+from crdiff_search.errors import CrdiffError, UsageError
+from crdiff_search.version import code_info
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def _file_lock(path: Path | None):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class TrackingError(RuntimeError):
+class TrackingError(CrdiffError, RuntimeError):
     """MLflow failed; the message names the tracking URI and what was being done."""
 
 
@@ -136,45 +136,6 @@ def resolve_tracking_uri(uri: str | os.PathLike | None) -> str:
         if path and path != ":memory:" and not path.startswith("/"):
             return f"{scheme}:///{Path(path).expanduser().resolve()}"
     return text
-
-
-def code_version() -> dict[str, str]:
-    """The package version and, when the package runs from a git checkout, its commit."""
-    from importlib import metadata
-
-    try:
-        version = metadata.version("crdiff-search")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    info = {"version": version}
-    root = Path(__file__).resolve().parent.parent
-    if not (root / ".git").exists():
-        # An installed copy: a repository around site-packages is not this package's source.
-        return info
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return info
-    if re.fullmatch(r"[0-9a-f]{40}", commit):
-        info["git_commit"] = commit
-        info["git_dirty"] = "true" if dirty else "false"
-    return info
-
-
-# ----------------------------------------------------------------------------- image grids
 
 
 def _to_pil(image):
@@ -284,6 +245,37 @@ def _timing_key(key: str) -> str:
     return key if key.startswith("t_") else f"t_{key}"
 
 
+def call_mlflow(
+    fn,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    *,
+    retries: int,
+    passthrough: tuple[type[BaseException], ...] = (),
+    wrap,
+    keep=lambda exc: False,
+):
+    """``fn(*args, **kwargs)``, retried with a doubling back-off (0.05 s to 2 s) while SQLite
+    reports "database is locked" (several processes writing one store); ``passthrough``
+    exceptions and those ``keep(exc)`` accepts propagate as they are, any other becomes
+    ``wrap(exc)``."""
+    delay = 0.05
+    for attempt in range(retries + 1):
+        try:
+            return fn(*args, **(kwargs or {}))
+        except passthrough:
+            raise
+        except Exception as exc:
+            if "database is locked" in str(exc) and attempt < retries:
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if keep(exc):
+                raise
+            raise wrap(exc) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 class StudyTracker:
     """Parent/child MLflow runs for one experiment (a set of studies), found again by tags.
 
@@ -325,23 +317,21 @@ class StudyTracker:
 
     def _call(self, what: str, fn, *args, **kwargs):
         """Run an MLflow call; retry SQLite lock contention; re-raise naming the URI."""
-        delay = 0.05
-        for attempt in range(_LOCK_RETRIES + 1):
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if isinstance(exc, (UsageError, TrackingError)):
-                    raise
-                text = str(exc)
-                if "database is locked" in text and attempt < _LOCK_RETRIES:
-                    time.sleep(delay)
-                    delay = min(delay * 2, 2.0)
-                    continue
-                raise TrackingError(
-                    f"MLflow {what} failed (tracking URI {self.tracking_uri}): "
-                    f"{type(exc).__name__}: {text.strip()[:2000]}"
-                ) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+        def wrap(exc: Exception) -> Exception:
+            return TrackingError(
+                f"MLflow {what} failed (tracking URI {self.tracking_uri}): "
+                f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
+            )
+
+        return call_mlflow(
+            fn,
+            args,
+            kwargs,
+            retries=_LOCK_RETRIES,
+            passthrough=(UsageError, TrackingError),
+            wrap=wrap,
+        )
 
     def _ensure_experiment(self) -> str:
         exp = self._call(
@@ -483,7 +473,7 @@ class StudyTracker:
             raise UsageError("study_id must be a non-empty string")
         study_id = str(study_id)
         run_id = self.find_study(study_id)
-        version = code_version()
+        version = code_info()
         base_tags = {
             STUDY_TAG: study_id,
             KIND_TAG: "study",

@@ -19,96 +19,83 @@ that asks for the same scorer again gets the already-loaded model.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from crdiff_search.errors import UsageError
+from crdiff_search.plugins import PluginRegistry
 from objectives.base import Objective
 
 __all__ = [
+    "OBJECTIVES",
     "OBJECTIVE_NAMES",
     "Objective",
     "clear_objective_cache",
     "create_objective",
+    "higher_is_better",
     "register_objective",
 ]
 
-# name -> "module:attribute" (imported lazily) or a callable registered at run time.
-_FACTORIES: dict[str, str | Callable[..., Objective]] = {
-    "imagereward": "objectives.imagereward:ImageRewardObjective",
-    "clip": "objectives.clip:ClipScoreObjective",
-    "pickscore": "objectives.pickscore:PickScoreObjective",
-    "aesthetic": "objectives.aesthetic:AestheticObjective",
-    "fid": "objectives.fid:FidObjective",
-    "kid": "objectives.fid:KidObjective",
-    "composite": "objectives.composite:CompositeObjective",
-    "scene": "objectives.scene:SceneObjective",
-}
+# The registry of scorers (entry point group "crdiff_search.objectives"). Built-ins are
+# imported lazily; ``higher_is_better`` is known without importing them, so an experiment's
+# objective.mode is checked before Ray starts.
+OBJECTIVES = PluginRegistry("objective")
+for _name, _target, _higher in (
+    ("imagereward", "objectives.imagereward:ImageRewardObjective", True),
+    ("clip", "objectives.clip:ClipScoreObjective", True),
+    ("pickscore", "objectives.pickscore:PickScoreObjective", True),
+    ("aesthetic", "objectives.aesthetic:AestheticObjective", True),
+    ("fid", "objectives.fid:FidObjective", False),
+    ("kid", "objectives.fid:KidObjective", False),
+    ("composite", "objectives.composite:CompositeObjective", None),
+    ("scene", "objectives.scene:SceneObjective", True),
+):
+    OBJECTIVES.register(_name, _target, origin="builtin", higher_is_better=_higher)
 
 _CACHE: dict[tuple, Objective] = {}
 _LOCK = threading.RLock()
 
-UNKNOWN_NAME = "unknown objective {name!r}; valid names: {valid}"
 BAD_OPTION = "objective {name!r} does not take {detail}; it accepts: {valid}"
 
-
-class _Names(Sequence):
-    """A live, sorted view of the registered names (plug-ins included)."""
-
-    def __getitem__(self, index):
-        return sorted(_FACTORIES)[index]
-
-    def __len__(self) -> int:
-        return len(_FACTORIES)
-
-    def __contains__(self, name: object) -> bool:
-        return name in _FACTORIES
-
-    def __repr__(self) -> str:
-        return repr(tuple(self))
+OBJECTIVE_NAMES = OBJECTIVES  # a live, sorted sequence of the registered names
 
 
-OBJECTIVE_NAMES: Sequence[str] = _Names()
-
-
-def register_objective(
-    name: str, factory: str | Callable[..., Objective], *, replace: bool = False
-) -> None:
-    """Add a scorer to the table.
-
-    ``factory`` is a callable returning an :class:`Objective` (a class works), or a
-    ``"module:attribute"`` string imported on first use.
-
-    >>> register_objective("brightness", BrightnessObjective)
-    >>> create_objective("brightness").score(images, prompts)
-    """
-    if not isinstance(name, str) or not name.strip() or name != name.strip().lower():
-        raise UsageError(f"objective names are non-empty lower-case strings, got {name!r}")
-    if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
-        raise UsageError(
-            f"objective factory for {name!r} must be a callable or 'module:attribute', "
-            f"got {factory!r}"
-        )
+def _forget(name: str) -> None:
     with _LOCK:
-        if name in _FACTORIES and not replace:
-            raise UsageError(
-                f"objective {name!r} is already registered; pass replace=True to override it"
-            )
-        _FACTORIES[name] = factory
         for key in [k for k in _CACHE if k[0] == name]:
             del _CACHE[key]
 
 
-def _resolve(name: str) -> Callable[..., Objective]:
-    factory = _FACTORIES[name]
-    if isinstance(factory, str):
-        module_name, _, attr = factory.partition(":")
-        module = importlib.import_module(module_name)
-        factory = getattr(module, attr)
-    return factory
+OBJECTIVES.on_change(_forget)
+
+
+def register_objective(
+    name: str,
+    factory: str | Callable[..., Objective],
+    *,
+    replace: bool = False,
+    higher_is_better: bool | None = None,
+) -> None:
+    """Add a scorer (``OBJECTIVES.register``): a callable returning an :class:`Objective` (a
+    class works), or a ``"module:attribute"`` string imported on first use.
+
+    >>> register_objective("brightness", BrightnessObjective)
+    >>> create_objective("brightness").score(images, prompts)
+    """
+    OBJECTIVES.register(name, factory, replace=replace, higher_is_better=higher_is_better)
+
+
+def higher_is_better(name: str) -> bool | None:
+    """The scorer's direction, from its registration or its class attribute (None: unknown
+    without building it)."""
+    declared = OBJECTIVES.metadata(name).get("higher_is_better")
+    if declared is not None:
+        return bool(declared)
+    target = OBJECTIVES.plugin(name).target
+    value = getattr(target, "higher_is_better", None) if isinstance(target, type) else None
+    return None if value is None else bool(value)
 
 
 def _freeze(value: Any) -> Any:
@@ -152,14 +139,14 @@ def create_objective(name: str, **options: Any) -> Objective:
     or an option the scorer does not take, before any model is loaded.
     """
     key_name = name.strip().lower() if isinstance(name, str) else name
-    if key_name not in _FACTORIES:
-        raise UsageError(UNKNOWN_NAME.format(name=name, valid=", ".join(OBJECTIVE_NAMES)))
+    if key_name not in OBJECTIVES:
+        raise UsageError(OBJECTIVES.unknown(name))
     key = (key_name, _freeze(options))
     with _LOCK:
         cached = _CACHE.get(key)
         if cached is not None:
             return cached
-        factory = _resolve(key_name)
+        factory = OBJECTIVES.get(key_name)
         _check_options(key_name, factory, options)
         objective = factory(**options)
         if not isinstance(objective, Objective):

@@ -14,8 +14,9 @@ import torch
 from PIL import Image
 
 from crdiff_search.errors import UsageError
+from crdiff_search.names import DTYPES as DTYPE_NAMES
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 # OpenAI CLIP's normalisation, used by CLIP, BLIP/ImageReward and the aesthetic predictor.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -17,14 +17,12 @@ from collections.abc import Iterable
 from torch import nn
 
 from crdiff_search.errors import UsageError
+from crdiff_search.names import DENOISER_CLASSES, GRANULARITIES, TRANSFORMER_CLASSES, UNET_CLASSES
 from search_spaces.bounds import PAPER_BOUNDS, PAPER_START, default_bounds
 from search_spaces.partition import Partition
 from search_spaces.selection import KINDS, PAPER_KINDS, normalize_include, paper_rule
 
-GRANULARITIES = ("paper", "block", "kind")
-UNET_CLASSES = ("UNet2DConditionModel",)
-TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "PixArtTransformer2DModel")
-SUPPORTED_CLASSES = UNET_CLASSES + TRANSFORMER_CLASSES
+SUPPORTED_CLASSES = DENOISER_CLASSES
 
 __all__ = [
     "GRANULARITIES",

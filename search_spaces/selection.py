@@ -21,8 +21,8 @@ from collections.abc import Iterable, Sequence
 from torch import nn
 
 from crdiff_search.errors import UsageError
+from crdiff_search.names import KINDS
 
-KINDS = ("self_attn", "cross_attn", "ff", "resnet")
 PAPER_KINDS = ("self_attn", "ff")
 
 

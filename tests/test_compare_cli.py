@@ -9,16 +9,10 @@ import textwrap
 import pandas as pd
 import pytest
 
-from analysis.compare import (
-    MANIFEST,
-    TABLE,
-    parse_seeds,
-    plan_comparison,
-    run_comparison,
-    study_status,
-)
+from analysis.compare import MANIFEST, TABLE
 from analysis.synthetic import study_table
 from crdiff_search.cli import main
+from crdiff_search.compare import parse_seeds, plan_comparison, run_comparison, study_status
 from crdiff_search.errors import UsageError
 
 

@@ -13,12 +13,12 @@ import pytest
 from crdiff_search.config import (
     CONFIG_VERSION,
     ExperimentConfig,
-    load_experiment,
-    model_info,
-    parse_resolution,
     SearchSpec,
+    load_experiment,
 )
 from crdiff_search.errors import UsageError
+from crdiff_search.model_info import model_info
+from crdiff_search.resolution import parse_resolution
 from crdiff_search.testing import tiny_unet_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -199,6 +199,52 @@ def test_bad_fields_name_the_field_and_valid_values(tmp_path, text, needles):
         assert needle in str(info.value), (needle, str(info.value))
 
 
+def test_a_file_with_several_mistakes_gets_all_of_them_in_one_run(tmp_path):
+    from crdiff_search.config import ConfigErrors
+
+    path = write(
+        tmp_path,
+        """
+        study = "bad name"
+        resolution = "64by64"
+        bogus = 1
+        [model]
+        steps = "8"
+        dtype = "fp8"
+        [search]
+        sampler = "grid"
+        trials = 0
+        [ratios]
+        low = 0.6
+        high = 0.2
+        [rerank]
+        top_k = 0
+        heldout = 3
+        """,
+    )
+    with pytest.raises(ConfigErrors) as info:
+        load_experiment(path)
+    problems = info.value.problems
+    needles = [
+        "'bogus'",
+        "study = 'bad name'",
+        "'64by64'",
+        "model.steps",
+        "model.dtype",
+        "search.sampler",
+        "search.trials",
+        "0 <= low < high < 1",
+        "rerank.top_k",
+        "'heldout'",
+    ]
+    for needle in needles:
+        assert sum(needle in p for p in problems) == 1, (needle, problems)
+    assert len(problems) == len(needles)
+    text = str(info.value)
+    assert text.startswith(f"{len(needles)} problems in the experiment:")
+    assert text.count("\n  - ") == len(needles)
+
+
 def test_real_model_needs_prompts(tmp_path):
     model = config_only_model(tmp_path / "model")
     path = write(tmp_path, f'resolution = "32x32"\n[model]\nsource = "{model}"\n')
@@ -348,7 +394,7 @@ def test_shipped_experiments_load_offline(monkeypatch):
 
 
 def test_grid_lists_every_real_study():
-    from crdiff_search.commands.launch import load_grid
+    from crdiff_search.launch import load_grid
 
     grid = load_grid(REPO / "experiments" / "grid.toml")
     listed = sorted(Path(s.experiment).name for s in grid.studies)
@@ -356,13 +402,15 @@ def test_grid_lists_every_real_study():
 
 
 def test_testbed_map_grid_plans_one_study_per_map_size(tmp_path):
-    from crdiff_search.commands.launch import load_grid, plan_grid
+    from crdiff_search.launch import load_grid, plan_grid
     from crdiff_search.testbed.evaluate import MAP_SIZES
 
     grid = load_grid(REPO / "experiments" / "testbed-map.toml", cwd=tmp_path)
     plans = plan_grid(grid)
     assert [p.resolution for p in plans] == [f"{w}x{h}" for w, h in MAP_SIZES]
-    assert all(p.model == "testbed" and p.trials == load_experiment(None).search.trials for p in plans)
+    assert all(
+        p.model == "testbed" and p.trials == load_experiment(None).search.trials for p in plans
+    )
     assert all(p.out_dir == tmp_path / "runs" / "testbed-map" / p.name for p in plans)
     # a local head runs the jobs with this interpreter; each study re-ranks after its search
     assert all(p.entrypoint.startswith(f"{sys.executable} -m crdiff_search search") for p in plans)

@@ -30,7 +30,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from crdiff_search.commands.launch import launch
+from crdiff_search.launch import launch
 from crdiff_search.tracking import PARENT_TAG, StudyTracker
 
 VENV_BIN = Path(sys.executable).parent

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from crdiff_search.cli import main
-from crdiff_search.commands.launch import load_grid, plan_grid
 from crdiff_search.errors import UsageError
+from crdiff_search.launch import load_grid, plan_grid
 
 EXPERIMENT = """\
 study = "tiny"
@@ -159,7 +159,7 @@ def test_dry_run_prints_jobs_and_submits_nothing(tmp_path, capsys, monkeypatch):
 def test_latest_attempt_picks_the_newest_resubmission():
     from types import SimpleNamespace
 
-    from crdiff_search.commands.launch import latest_attempt
+    from crdiff_search.launch import latest_attempt
 
     jobs = [
         SimpleNamespace(submission_id=sid, status=st)

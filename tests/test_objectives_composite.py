@@ -46,7 +46,7 @@ def cheap_scorers():
     clear_objective_cache()
     yield
     for name in ("test-brightness", "test-length"):
-        objectives._FACTORIES.pop(name, None)
+        objectives.OBJECTIVES.unregister(name)
     clear_objective_cache()
 
 

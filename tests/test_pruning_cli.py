@@ -82,8 +82,9 @@ def test_bad_input_exits_2(unet_dir, capsys, args, message):
     assert message in err
 
 
-def test_missing_or_foreign_folder_exits_2(tmp_path, capsys):
-    assert main(["prune-report", "--model", str(tmp_path / "absent")]) == 2
+def test_missing_model_exits_4_and_foreign_folder_exits_2(tmp_path, capsys):
+    assert main(["prune-report", "--model", str(tmp_path / "absent")]) == 4  # a model source
+    assert "cannot load model" in capsys.readouterr().err
     (tmp_path / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL"}))
     assert main(["prune-report", "--model", str(tmp_path)]) == 2
     assert "AutoencoderKL" in capsys.readouterr().err

@@ -237,7 +237,7 @@ def test_bad_ratios_are_usage_errors_and_leave_model_alone(shared_pruner, ratios
 def test_constructor_errors(unet):
     with pytest.raises(UsageError, match="unsupported model class"):
         Pruner(torch.nn.Sequential(torch.nn.Linear(2, 2)), "paper")
-    with pytest.raises(UsageError, match="valid: magnitude, magnitude-tensor, random"):
+    with pytest.raises(UsageError, match="valid names: magnitude, magnitude-tensor, random"):
         Pruner(unet, "paper", criterion="l1")
     with pytest.raises(UsageError, match="valid: sorted, none"):
         Pruner(unet, "paper", cache="lru")

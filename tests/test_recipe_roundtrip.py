@@ -11,9 +11,9 @@ from crdiff_search.recipe import (
     PartitionSpec,
     Recipe,
     RecipeError,
-    code_version,
-    parse_resolution,
 )
+from crdiff_search.resolution import parse_resolution
+from crdiff_search.version import code_version
 
 
 def make_recipe(**changes) -> Recipe:

@@ -34,9 +34,9 @@ def make_study(folder, resolution, dense, pruned, poa, w, interval, verdict, rer
             {"trial_id": "a", "trial_index": 1, "state": "COMPLETE", "score": dense + 0.05},
         ]
         * 1
-    ).assign(**{"ratio.down": [0.0, 0.9], "ratio.mid": [0.0, 0.5], "ratio.up": [0.0, 0.1]}).to_parquet(
-        folder / "trials.parquet"
-    )
+    ).assign(
+        **{"ratio.down": [0.0, 0.9], "ratio.mid": [0.0, 0.5], "ratio.up": [0.0, 0.1]}
+    ).to_parquet(folder / "trials.parquet")
     if not rerank:
         return folder
     winner = poa if w != 1.0 else pruned

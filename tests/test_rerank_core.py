@@ -71,7 +71,10 @@ def test_weights_and_heldout_prompts(tmp_path):
     assert not set(prompts) & set(config.prompt_list())
     other = load_experiment(None, seed=3)
     assert not set(heldout_prompts(other)[0]) & set(other.prompt_list())
-    assert heldout_prompts(config, n=5, seed=77) == (prompts_at(config, 5, 77), [77 + i for i in range(5)])
+    assert heldout_prompts(config, n=5, seed=77) == (
+        prompts_at(config, 5, 77),
+        [77 + i for i in range(5)],
+    )
     file = tmp_path / "p.txt"
     file.write_text("a red circle\n# comment\ntwo blue squares\n")
     assert heldout_prompts(config, n=None, prompts_file=str(file))[0] == [
@@ -89,9 +92,7 @@ def prompts_at(config, n, seed):
 
 
 def _rows(*rows):
-    return pd.DataFrame(
-        [{"kind": k, "trial_id": t, "w": w, "score": s} for k, t, w, s in rows]
-    )
+    return pd.DataFrame([{"kind": k, "trial_id": t, "w": w, "score": s} for k, t, w, s in rows])
 
 
 def test_rank_rows_breaks_ties_for_dense_then_the_cheaper_row():
@@ -104,7 +105,7 @@ def test_rank_rows_breaks_ties_for_dense_then_the_cheaper_row():
         ("poa", "t2", 1.5, 0.7),
     )
     ranked = rank_rows(table, "max")
-    assert list(zip(ranked["kind"], ranked["w"].fillna(0))) == [
+    assert list(zip(ranked["kind"], ranked["w"].fillna(0), strict=True)) == [
         ("poa", 1.5),  # the only better row
         ("dense", 0.0),
         ("pruned", 1.0),
@@ -123,17 +124,25 @@ def test_verdict_needs_an_interval_that_excludes_zero():
     win = {"trial_id": "t1", "w": 1.5, "score_delta": 0.08, "p_vs_dense": 1e-4}
     repaired = verdict_of({**win, "delta_low": 0.02, "delta_high": 0.1}, "max", top_is_dense=False)
     assert repaired["status"] == "repaired" and "+0.0800" in repaired["message"]
-    straddles = verdict_of({**win, "delta_low": -0.01, "delta_high": 0.1}, "max", top_is_dense=False)
+    straddles = verdict_of(
+        {**win, "delta_low": -0.01, "delta_high": 0.1}, "max", top_is_dense=False
+    )
     assert straddles["status"] == "null" and "dense model stays" in straddles["message"]
     tie = verdict_of({**win, "delta_low": 0.0, "delta_high": 0.0}, "max", top_is_dense=True)
     assert tie["status"] == "null"
     # lower is better (FID-like per-image objectives): the interval must lie below zero
-    assert verdict_of({**win, "delta_low": -0.3, "delta_high": -0.1}, "min", top_is_dense=False)[
-        "status"
-    ] == "repaired"
-    assert verdict_of({**win, "delta_low": 0.1, "delta_high": 0.3}, "min", top_is_dense=False)[
-        "status"
-    ] == "null"
+    assert (
+        verdict_of({**win, "delta_low": -0.3, "delta_high": -0.1}, "min", top_is_dense=False)[
+            "status"
+        ]
+        == "repaired"
+    )
+    assert (
+        verdict_of({**win, "delta_low": 0.1, "delta_high": 0.3}, "min", top_is_dense=False)[
+            "status"
+        ]
+        == "null"
+    )
     untested = verdict_of({**win, "delta_low": None, "delta_high": None}, "max", top_is_dense=False)
     assert untested["status"] == "untested"
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crdiff_search.config import ExperimentConfig, check_model
+from crdiff_search.config import ExperimentConfig
+from crdiff_search.model_info import check_model
 from objectives import register_objective
 from objectives.base import Objective
 

@@ -107,24 +107,6 @@ def _positive(name: str, value: int | None) -> None:
         raise UsageError(f"--{name} must be >= 1, got {value}")
 
 
-def _parse_set(items: list[str]) -> dict[str, object]:
-    import tomllib
-
-    from crdiff_search.errors import UsageError
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key.strip():
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. resources.cpu=2")
-        try:
-            value = tomllib.loads(f"v = {text}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = text
-        out[key.strip()] = value
-    return out
-
-
 def _compare(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -141,9 +123,7 @@ def _compare(args: argparse.Namespace) -> int:
 
     for name in ("prompts", "steps", "concurrency"):
         _positive(name, getattr(args, name))
-    if args.trials is not None and args.trials < 2:
-        raise UsageError(f"--trials must be >= 2 (trial 0 is the dense model), got {args.trials}")
-    from analysis.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
+    from crdiff_search.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
 
     collecting = bool(args.collect or args.collect_mlflow)
     run = args.samplers is not None or not collecting
@@ -152,7 +132,7 @@ def _compare(args: argparse.Namespace) -> int:
     plan = None
     out = Path(args.out) if args.out else None
     if run:
-        from crdiff_search.config import load_experiment
+        from crdiff_search.config import parse_assignments
 
         overrides = {
             "resolution": args.resolution,
@@ -160,25 +140,19 @@ def _compare(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "concurrency": args.concurrency,
             "tracking_uri": args.tracking_uri,
+            **({"tracking.enabled": False} if args.no_tracking else {}),
+            **parse_assignments(args.set, flag="--set"),
         }
-        if args.no_tracking:
-            overrides["tracking.enabled"] = False
-        overrides.update(_parse_set(args.set))
-        trials = args.trials
-        if trials is None:
-            trials = load_experiment(args.experiment, **overrides).search.trials
-        if out is None:
-            base = load_experiment(args.experiment, **overrides)
-            out = Path("runs") / f"compare-{base.study}"
         plan = plan_comparison(
             args.experiment,
             samplers=samplers,
             seeds=seeds,
-            trials=trials,
+            trials=args.trials,
             early_stopping=args.early_stopping,
             overrides=overrides,
             out_dir=out,
         )
+        out = plan.out_dir
     elif out is None:
         raise UsageError("--collect without --samplers needs --out DIR for the table and report")
     mlflow_sources = []

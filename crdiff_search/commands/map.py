@@ -38,26 +38,26 @@ def _folders(sources: list[str]) -> tuple[list[Path], Path | None]:
     from crdiff_search.errors import UsageError
 
     if len(sources) == 1 and Path(sources[0]).is_file():
-        from crdiff_search.commands.launch import load_grid, plan_grid
+        from crdiff_search.launch import load_grid, plan_grid
 
         grid = load_grid(sources[0])
         return [plan.out_dir for plan in plan_grid(grid)], grid.out / "map"
     missing = [s for s in sources if not Path(s).is_dir()]
     if missing:
-        raise UsageError(
-            f"{', '.join(map(repr, missing))}: neither a grid file nor a study folder"
-        )
+        raise UsageError(f"{', '.join(map(repr, missing))}: neither a grid file nor a study folder")
     return [Path(s) for s in sources], None
 
 
 def _run(args: argparse.Namespace) -> int:
     from analysis.repair_map import build_map, format_markdown, write_map
-    from crdiff_search.config import parse_resolution, training_resolution
     from crdiff_search.errors import UsageError
+    from crdiff_search.model_info import training_resolution
     from crdiff_search.rerank import load_study
+    from crdiff_search.resolution import parse_resolution
+    from crdiff_search.study_folder import StudyFolder
 
     folders, default_out = _folders(args.sources)
-    missing = [f for f in folders if not (f / "rerank.json").is_file()]
+    missing = [f for f in folders if not StudyFolder(f).rerank_json.is_file()]
     if missing:
         raise UsageError(
             "no held-out re-ranking yet in "

@@ -6,8 +6,7 @@ import argparse
 import json
 import sys
 
-_GRANULARITIES = ("paper", "block", "kind")
-_DTYPES = ("float32", "float16", "bfloat16")
+from crdiff_search.names import DTYPES, GRANULARITIES
 
 
 def register(subparsers) -> None:
@@ -64,21 +63,20 @@ def _run(args: argparse.Namespace) -> int:
     from search_spaces.selection import normalize_include
 
     # Everything checkable without the model is checked before loading it.
-    if args.partition not in _GRANULARITIES:
-        raise UsageError(
-            f"unknown partition {args.partition!r}; valid: {', '.join(_GRANULARITIES)}"
-        )
+    if args.partition not in GRANULARITIES:
+        raise UsageError(f"unknown partition {args.partition!r}; valid: {', '.join(GRANULARITIES)}")
     if args.criterion not in CRITERION_NAMES:
         raise UsageError(
             f"unknown criterion {args.criterion!r}; valid: {', '.join(CRITERION_NAMES)}"
         )
-    if args.dtype not in _DTYPES:
-        raise UsageError(f"unknown dtype {args.dtype!r}; valid: {', '.join(_DTYPES)}")
+    if args.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {args.dtype!r}; valid: {', '.join(DTYPES)}")
     if args.n_groups is not None and args.n_groups < 1:
         raise UsageError(f"--n-groups must be a positive integer, got {args.n_groups}")
     include = normalize_include(args.include)
     ratios = parse_ratios(args.ratios)
 
+    from crdiff_search.models import load_denoiser
     from crdiff_search.pruning import Pruner
     from search_spaces import build_partition
 
@@ -125,41 +123,3 @@ def _run(args: argparse.Namespace) -> int:
         print()
         print(format_table(tensors))
     return 0
-
-
-_DENOISER_CLASSES = ("UNet2DConditionModel", "DiTTransformer2DModel", "PixArtTransformer2DModel")
-
-
-def load_denoiser(source: str, *, dtype: str = "float32", device: str = "cpu"):
-    """The denoiser of ``source``: a bare UNet/transformer folder, or any pipeline source."""
-    from pathlib import Path
-
-    from crdiff_search.errors import UsageError
-    from crdiff_search.models import denoiser_of, load_pipeline, resolve_device, resolve_dtype
-
-    folder = Path(source).expanduser()
-    config = folder / "config.json"
-    if folder.is_dir() and config.is_file() and not (folder / "model_index.json").exists():
-        try:
-            class_name = json.loads(config.read_text()).get("_class_name")
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read {config}: {exc}") from exc
-        if class_name not in _DENOISER_CLASSES:
-            raise UsageError(
-                f"{config} describes a {class_name!r}; a bare model folder must hold one of "
-                f"{', '.join(_DENOISER_CLASSES)}"
-            )
-        import diffusers
-
-        try:
-            model = getattr(diffusers, class_name).from_pretrained(
-                str(folder), dtype=resolve_dtype(dtype), use_safetensors=True
-            )
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot load {class_name} from {str(folder)!r}: {exc}") from exc
-        return model.to(resolve_device(device)).eval()
-    try:
-        pipe = load_pipeline(source, dtype=dtype, device=device)
-    except FileNotFoundError as exc:  # e.g. the testbed weights are not trained yet
-        raise UsageError(str(exc)) from exc
-    return denoiser_of(pipe)

@@ -38,7 +38,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.registry_command == "show" and args.resolution is None and args.version is None:
         raise UsageError("registry show needs --resolution WxH or --version N")
     if args.registry_command == "show" and args.resolution is not None:
-        from crdiff_search.recipe import parse_resolution
+        from crdiff_search.resolution import parse_resolution
 
         parse_resolution(args.resolution)
     from crdiff_search.registry import Registry

@@ -81,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from crdiff_search.config import parse_resolution
+    from crdiff_search.resolution import parse_resolution
     from crdiff_search.testbed.evaluate import evaluate, format_table, to_json
 
     sizes = [parse_resolution(r) for r in args.resolution] if args.resolution else None

@@ -11,13 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.config import ExperimentConfig, check_model, group_names
+from crdiff_search.config import ExperimentConfig
 from crdiff_search.errors import UsageError
-
-RESULTS_FOLDER = "ray"
-TABLE_FILE = "trials.parquet"
-STUDY_FILE = "study.json"
-CONFIG_FILE = "experiment.toml"
+from crdiff_search.model_info import check_model, group_names
+from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, STUDY_FILE, TABLE_FILE
 
 
 @dataclass(frozen=True)
@@ -242,6 +239,7 @@ def run_study(
     import ray
     from ray import tune
 
+    from crdiff_search.runner.session import start_ray
     from crdiff_search.runner.table import TrialTable
     from crdiff_search.runner.trainable import PruningTrainable
 
@@ -266,16 +264,8 @@ def run_study(
         tracking = {"uri": uri, "experiment": config.tracking_experiment, "parent_run_id": parent}
 
     _ray_env(config.search.concurrency)
-    started_ray = False
-    if not ray.is_initialized():
-        need = config.search.concurrency * config.resources.cpu
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-        if address is None:
-            # A fresh local instance, never a cluster that happens to run on this machine.
-            kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
-            address = "local"
-        ray.init(address=address, **kwargs)
-        started_ray = True
+    need = math.ceil(config.search.concurrency * config.resources.cpu)
+    started_ray = start_ray(address, num_cpus=max(os.cpu_count() or 1, need))
 
     completed = _completed_rows(table_path, groups) if resume else {}
     settings = _settings(config, groups, completed, tracking)

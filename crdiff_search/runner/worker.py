@@ -167,6 +167,7 @@ def _load(settings: Mapping[str, Any]) -> WorkerState:
     global LOADS
     import torch
 
+    from crdiff_search.config import recipe_partition
     from crdiff_search.models import denoiser_of, load_pipeline, resolve_device
     from crdiff_search.pruning import Pruner
     from objectives import create_objective
@@ -180,12 +181,7 @@ def _load(settings: Mapping[str, Any]) -> WorkerState:
     _swap_scheduler(pipe, cfg["model"]["scheduler"])
     denoiser = denoiser_of(pipe)
     part = cfg["partition"]
-    partition = build_partition(
-        denoiser,
-        part["granularity"],
-        include=list(part["include"]) or None,
-        n_groups=part["n_groups"] or None,
-    )
+    partition = build_partition(denoiser, **recipe_partition(part))
     pruner = Pruner(denoiser, partition, criterion=part["criterion"], seed=cfg["search"]["seed"])
     params = dict(denoiser.named_parameters())
     sizes = {

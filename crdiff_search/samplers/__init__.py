@@ -14,7 +14,12 @@ from crdiff_search.samplers._paper import (
     paper_sampler,
     paper_search_space,
 )
-from crdiff_search.samplers._registry import SAMPLER_NAMES, create_sampler, sampler_options
+from crdiff_search.samplers._registry import (
+    SAMPLER_NAMES,
+    SAMPLERS,
+    create_sampler,
+    sampler_options,
+)
 from crdiff_search.samplers._strategies import (
     AbsoluteStep,
     AllCoordinates,
@@ -33,6 +38,7 @@ from crdiff_search.samplers._strategies import (
 from crdiff_search.samplers._uniform import UniformRatioSampler
 
 __all__ = [
+    "SAMPLERS",
     "PAPER_BUDGET",
     "PAPER_OPTIONS",
     "SAMPLER_NAMES",

@@ -11,12 +11,12 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
 
 from crdiff_search.errors import UsageError
+from crdiff_search.plugins import PluginRegistry
 from crdiff_search.samplers._anneal import SimulatedAnnealingSampler
 from crdiff_search.samplers._paper import paper_sampler
 from crdiff_search.samplers._strategies import AllCoordinates, OneCoordinate, SomeCoordinates
 from crdiff_search.samplers._uniform import UniformRatioSampler
 
-UNKNOWN_SAMPLER = "unknown sampler {name!r}; valid names: {valid}"
 BAD_OPTIONS = "sampler {name!r} does not accept option(s) {bad}; valid options: {valid}"
 
 # Neighbour moves by name, for experiment files (strings only at this edge).
@@ -59,17 +59,21 @@ def _uniform(*, seed=None, **options) -> BaseSampler:
     return UniformRatioSampler(seed=seed, **options)
 
 
-_FACTORIES: dict[str, tuple[Callable[..., BaseSampler], Callable[..., Any]]] = {
-    # name: (factory, the callable whose keyword arguments are the valid options)
-    "anneal": (_anneal, SimulatedAnnealingSampler),
-    "anneal-paper": (_anneal_paper, SimulatedAnnealingSampler),
-    "tpe": (_tpe, TPESampler),
-    "random": (_random, RandomSampler),
-    "cmaes": (_cmaes, CmaEsSampler),
-    "uniform": (_uniform, UniformRatioSampler),
-}
+# The registry (entry point group "crdiff_search.samplers"). A plug-in's factory takes
+# ``seed=`` and its options as keywords; ``options_of`` names the callable whose keyword
+# arguments are the valid options (default: the factory itself).
+SAMPLERS = PluginRegistry("sampler")
+for _name, _factory, _options_of in (
+    ("anneal", _anneal, SimulatedAnnealingSampler),
+    ("anneal-paper", _anneal_paper, SimulatedAnnealingSampler),
+    ("tpe", _tpe, TPESampler),
+    ("random", _random, RandomSampler),
+    ("cmaes", _cmaes, CmaEsSampler),
+    ("uniform", _uniform, UniformRatioSampler),
+):
+    SAMPLERS.register(_name, _factory, origin="builtin", options_of=_options_of)
 
-SAMPLER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+SAMPLER_NAMES = SAMPLERS  # a live, sorted sequence of the registered names
 
 
 def _named_neighbors(options: dict[str, Any]) -> dict[str, Any]:
@@ -84,15 +88,14 @@ def _named_neighbors(options: dict[str, Any]) -> dict[str, Any]:
 
 def sampler_options(name: str) -> tuple[str, ...]:
     """The option names ``create_sampler(name, ...)`` accepts (besides ``seed``)."""
-    _, signature_of = _lookup(name)
+    factory = SAMPLERS.get(name)
+    signature_of = SAMPLERS.metadata(name).get("options_of") or factory
     params = inspect.signature(signature_of).parameters
-    return tuple(p for p in params if p not in ("self", "seed"))
-
-
-def _lookup(name: str):
-    if name not in _FACTORIES:
-        raise UsageError(UNKNOWN_SAMPLER.format(name=name, valid=", ".join(SAMPLER_NAMES)))
-    return _FACTORIES[name]
+    return tuple(
+        p.name
+        for p in params.values()
+        if p.name not in ("self", "seed") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    )
 
 
 def create_sampler(name: str, *, seed: int | None = None, **options: Any) -> BaseSampler:
@@ -109,7 +112,7 @@ def create_sampler(name: str, *, seed: int | None = None, **options: Any) -> Bas
     Raises:
         UsageError: an unknown name, an option the sampler does not take, or a bad value.
     """
-    factory, _ = _lookup(name)
+    factory = SAMPLERS.get(name)
     valid = sampler_options(name)
     bad = sorted(set(options) - set(valid))
     if bad:

@@ -6,33 +6,28 @@ False
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
 
-from crdiff_search.errors import UsageError
 from crdiff_search.pruning.criteria.base import Criterion
 from crdiff_search.pruning.criteria.magnitude import Magnitude
 from crdiff_search.pruning.criteria.magnitude_tensor import MagnitudeTensor
 from crdiff_search.pruning.criteria.random_subset import RandomCriterion
+from crdiff_search.registries import CRITERIA
 
-_FACTORIES: dict[str, Callable[..., Criterion]] = {
-    "magnitude": lambda seed=0: Magnitude(),
-    "magnitude-tensor": lambda seed=0: MagnitudeTensor(),
-    "random": lambda seed=0: RandomCriterion(seed=seed),
-}
-CRITERION_NAMES = tuple(_FACTORIES)
+CRITERION_NAMES = CRITERIA  # a live, sorted sequence of the registered names
 
 
 def create_criterion(name: str | Criterion, *, seed: int = 0) -> Criterion:
-    """A criterion by name (``magnitude``, ``magnitude-tensor``, ``random``), or pass one through."""
+    """A criterion by name (``magnitude``, ``magnitude-tensor``, ``random``, or a plug-in's),
+    or pass one through. ``seed`` goes to criteria that take one."""
     if isinstance(name, Criterion):
         return name
+    factory = CRITERIA.get(name)  # UsageError listing the valid names
     try:
-        factory = _FACTORIES[name]
-    except (KeyError, TypeError):
-        raise UsageError(
-            f"unknown pruning criterion {name!r}; valid: {', '.join(CRITERION_NAMES)}"
-        ) from None
-    return factory(seed=seed)
+        takes_seed = "seed" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    return factory(seed=seed) if takes_seed else factory()
 
 
 __all__ = [

@@ -1,0 +1,408 @@
+"""Samplers side by side on one experiment (``crdiff compare``): one study per (sampler, seed),
+one table, one report (written by :mod:`analysis.compare`).
+
+Every study runs through :func:`crdiff_search.runner.run_study` (the path ``crdiff search``
+takes) with the experiment's prompts and generation seeds pinned, so the only thing that varies
+between studies is the sampler and its seed. Studies live in ``DIR/studies/<name>/``; a study
+whose table already holds its budget is skipped, an interrupted one is resumed, so running the
+same comparison again picks up where it stopped.
+
+Example::
+
+    from crdiff_search.compare import plan_comparison, run_comparison
+    plan = plan_comparison(None, samplers=["anneal", "tpe"], seeds=[0, 1, 2], trials=16)
+    result = run_comparison(plan, "runs/compare")   # writes comparison.parquet and report.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from analysis.compare import DEFAULT_SHARE, MANIFEST, TABLE, build_report
+from analysis.table import DONE_STATES, method_label
+from crdiff_search.errors import UsageError
+from crdiff_search.study_folder import StudyFolder
+
+STUDIES_DIR = "studies"
+MANIFEST_VERSION = 1
+DEFAULT_SAMPLERS = ("anneal", "anneal-paper", "tpe", "random", "uniform")
+
+
+@dataclass(frozen=True)
+class PlannedStudy:
+    """One (sampler, seed, early stopping) arm of the comparison and its full study config."""
+
+    name: str
+    sampler: str
+    seed: int
+    early_stopping: bool
+    config: Any  # ExperimentConfig
+
+    @property
+    def method(self) -> str:
+        return method_label(self.sampler, self.early_stopping)
+
+
+@dataclass(frozen=True)
+class ComparePlan:
+    """Everything a comparison will run, validated; nothing has started yet."""
+
+    experiment: str | None
+    base: Any  # ExperimentConfig
+    samplers: tuple[str, ...]
+    seeds: tuple[int, ...]
+    trials: int
+    early_stopping: bool
+    studies: tuple[PlannedStudy, ...]
+    context: dict[str, str] = field(default_factory=dict)
+    out_dir: Path = Path(".")  # where the table, the report and studies/ go
+
+    @property
+    def maximize(self) -> bool:
+        return self.base.objective.mode == "max"
+
+    @property
+    def score_label(self) -> str:
+        return "+".join(self.base.objective.names)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    table_path: Path
+    report_path: Path
+    ran: tuple[str, ...]
+    skipped: tuple[str, ...]
+    failed: dict[str, str]
+    collected: tuple[str, ...]
+
+
+def parse_samplers(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"anneal,tpe"`` -> ``("anneal", "tpe")``; unknown or repeated names are a UsageError."""
+    from crdiff_search.samplers import SAMPLER_NAMES
+
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
+    names = [n for n in names if n]
+    if not names:
+        raise UsageError(f"--samplers is empty; valid: {', '.join(SAMPLER_NAMES)}")
+    bad = [n for n in names if n not in SAMPLER_NAMES]
+    if bad:
+        raise UsageError(
+            f"unknown sampler(s) {', '.join(map(repr, bad))}; valid: {', '.join(SAMPLER_NAMES)}"
+        )
+    if len(set(names)) != len(names):
+        raise UsageError(f"--samplers names a sampler twice: {','.join(names)}")
+    return tuple(names)
+
+
+def parse_seeds(text: str | int | Sequence[int]) -> tuple[int, ...]:
+    """A count (``5`` -> seeds 0..4) or a comma list (``"3,7"``) of distinct seeds."""
+    if isinstance(text, int):
+        text = str(text)
+    if not isinstance(text, str):
+        seeds = [int(s) for s in text]
+    elif "," in text:
+        try:
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seeds {text!r}: give a count (5) or integers (0,1,2)") from None
+    else:
+        try:
+            count = int(text)
+        except ValueError:
+            raise UsageError(f"--seeds {text!r}: give a count (5) or integers (0,1,2)") from None
+        if count < 1:
+            raise UsageError(f"--seeds must be >= 1, got {count}")
+        seeds = list(range(count))
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds {text!r}: need distinct non-negative integers")
+    return tuple(seeds)
+
+
+def _study_name(method: str, seed: int) -> str:
+    return f"{method.replace('+', '-')}-s{seed}"
+
+
+def plan_comparison(
+    experiment: str | None,
+    *,
+    samplers: Sequence[str],
+    seeds: Sequence[int],
+    trials: int | None = None,
+    early_stopping: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+) -> ComparePlan:
+    """Validate everything and build one study config per arm (no Ray, no weights).
+    ``trials`` defaults to the experiment's budget, ``out_dir`` to ``runs/compare-<study>``.
+
+    The prompts are fixed to the experiment's own list (the testbed samples its captions from
+    the search seed, which would otherwise differ between seeds) and the generation seeds are
+    the experiment's, so every study scores candidates on the same images' noise.
+    """
+    from crdiff_search.config import load_experiment
+    from crdiff_search.runner import prepare
+
+    samplers = parse_samplers(samplers)
+    seeds = parse_seeds(list(seeds))
+    base = load_experiment(experiment, **dict(overrides or {}))
+    trials = base.search.trials if trials is None else trials
+    if trials < 2:
+        raise UsageError(f"--trials must be >= 2 (trial 0 is the dense model), got {trials}")
+    _, summary = prepare(base)  # model, resolution, groups: fail before anything runs
+    prompts = base.prompt_list()
+    chunk = base.prompts.chunk_size
+    if early_stopping and len(base.chunks()) < 2:
+        # ASHA needs intermediate reports: split the prompts in (up to) 4 chunks.
+        chunk = max(1, -(-base.prompts.count // 4))
+        if base.prompts.count < 2:
+            raise UsageError("--early-stopping needs at least 2 prompts (prompts.count)")
+    out = Path(out_dir) if out_dir is not None else Path("runs") / f"compare-{base.study}"
+    common = {
+        "prompts.items": list(prompts),
+        "prompts.file": "",
+        "prompts.count": len(prompts),
+        "prompts.chunk_size": chunk,
+        "search.trials": trials,
+        "tracking.experiment": base.tracking.experiment or f"{base.study}-compare",
+    }
+    arms = [False, True] if early_stopping else [False]
+    studies = []
+    # Seed-major order: a comparison cut short still has every sampler on its first seeds.
+    for es in arms:
+        for seed in seeds:
+            for sampler in samplers:
+                name = _study_name(method_label(sampler, es), seed)
+                config = base.replace(
+                    **common,
+                    **{
+                        "study": f"{base.study}-{name}",
+                        "output": str(out / STUDIES_DIR / name),
+                        "search.sampler": sampler,
+                        "search.seed": seed,
+                        "search.early_stopping": es,
+                    },
+                )
+                studies.append(PlannedStudy(name, sampler, seed, es, config))
+    study0 = studies[0].config
+    context = {
+        "experiment": str(experiment) if experiment else "the embedded testbed study",
+        "model": base.model.source,
+        "resolution": base.resolution,
+        "groups": ", ".join(summary["groups"]),
+        "ratio bounds": ", ".join(
+            f"{g} {lo:g}-{hi:g}" for g, (lo, hi) in summary["groups"].items()
+        ),
+        "objective": f"{'+'.join(base.objective.names)} ({base.objective.mode})",
+        "prompts": f"{len(prompts)} prompts, generation seeds {study0.seed_list()[:3]}... "
+        "(the same for every study)",
+        "sampling": f"{base.model.steps} steps, guidance {base.model.guidance:g}",
+        "budget": f"{trials} trials per study, trial 0 being the dense model",
+    }
+    if early_stopping:
+        context["early stopping"] = (
+            f"ASHA over {len(study0.chunks())} prompt chunks of {chunk}, reduction factor 2"
+        )
+    return ComparePlan(
+        experiment=str(experiment) if experiment else None,
+        base=base,
+        samplers=samplers,
+        seeds=seeds,
+        trials=trials,
+        early_stopping=early_stopping,
+        studies=tuple(studies),
+        context=context,
+        out_dir=out,
+    )
+
+
+def _finished_rows(table: Path) -> int:
+    if not table.is_file():
+        return 0
+    import pandas as pd
+
+    return int(pd.read_parquet(table, columns=["state"])["state"].isin(DONE_STATES).sum())
+
+
+def study_status(study: PlannedStudy) -> str:
+    """``complete``, ``resume`` (an interrupted study), or ``new``; a folder holding a study
+    with other settings is a UsageError (a new ``--out`` is needed)."""
+    from crdiff_search.config import ExperimentConfig
+    from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, TABLE_FILE
+
+    out = study.config.output_dir
+    stored = out / CONFIG_FILE
+    if not stored.is_file():
+        return "new"
+    before = ExperimentConfig.from_toml(stored.read_text(encoding="utf-8")).to_dict()
+    now = study.config.to_dict()
+    if before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        raise UsageError(
+            f"{out} holds study {study.name} run with other settings ({', '.join(changed)}); "
+            "use another --out for a comparison with new settings"
+        )
+    if _finished_rows(out / TABLE_FILE) >= study.config.search.trials:
+        return "complete"
+    return "resume" if (out / RESULTS_FOLDER / study.config.study).is_dir() else "new"
+
+
+def _first_error(table: Path) -> str:
+    import pandas as pd
+
+    if not table.is_file():
+        return "no trial table"
+    errors = pd.read_parquet(table, columns=["error"])["error"].dropna().astype(str)
+    errors = errors[errors != ""]
+    return errors.iloc[0] if len(errors) else "unknown error"
+
+
+def write_manifest(plan: ComparePlan, out_dir: Path, collected: Sequence[str] = ()) -> Path:
+    data = {
+        "version": MANIFEST_VERSION,
+        "experiment": plan.experiment,
+        "study": plan.base.study,
+        "samplers": list(plan.samplers),
+        "seeds": list(plan.seeds),
+        "trials": plan.trials,
+        "early_stopping": plan.early_stopping,
+        "maximize": plan.maximize,
+        "score_label": plan.score_label,
+        "title": f"Sampler comparison: {plan.base.study} at {plan.base.resolution}",
+        "context": plan.context,
+        "studies": {
+            s.name: {"sampler": s.sampler, "seed": s.seed, "early_stopping": s.early_stopping}
+            for s in plan.studies
+        },
+        "collected": list(collected),
+    }
+    path = out_dir / MANIFEST
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_comparison(
+    plan: ComparePlan | None,
+    out_dir: str | Path,
+    *,
+    collect: Sequence[str | Path] = (),
+    collect_mlflow: Sequence[tuple[str, str]] = (),
+    address: str | None = None,
+    progress: bool = False,
+    share: float = DEFAULT_SHARE,
+    run: bool = True,
+    log: Callable[[str], None] = _log,
+) -> CompareResult:
+    """Run the planned studies not yet complete (one at a time, sharing one Ray session), add
+    the collected study tables, and write ``comparison.parquet`` and the report.
+
+    ``run=False`` runs nothing and reports only the planned studies already complete."""
+    from analysis.table import combine_studies, find_study_tables, save_table
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    collected = [str(p) for p in find_study_tables(collect)] if collect else []
+    from_mlflow: dict[str, Any] = {}
+    for uri, experiment in collect_mlflow:  # read before Ray starts: a bad name fails early
+        from analysis.mlflow_source import mlflow_study_tables
+
+        for study_id, frame in mlflow_study_tables(uri, experiment).items():
+            from_mlflow[f"mlflow:{experiment}:{study_id}"] = frame
+            collected.append(f"mlflow:{experiment}:{study_id}")
+    studies = plan.studies if plan is not None else ()
+    statuses = {s.name: study_status(s) for s in studies}  # settings clash: fail before Ray
+    if plan is not None:
+        write_manifest(plan, out, collected)
+    elif not collected:
+        raise UsageError("nothing to compare: give samplers to run or --collect folders")
+
+    ran, skipped, failed = [], [], {}
+    todo = [s for s in studies if statuses[s.name] != "complete"] if run else []
+    skipped = [s.name for s in studies if statuses[s.name] == "complete"]
+    started_ray = False
+    if todo:
+        import ray
+
+        from crdiff_search.runner import run_study
+        from crdiff_search.runner.session import start_ray
+
+        # One Ray session for every study: run_study reuses it instead of starting its own.
+        started_ray = start_ray(address)
+    try:
+        for i, study in enumerate(todo, start=1):
+            status = statuses[study.name]
+            log(
+                f"[{i}/{len(todo)}] {study.name}: {'resuming' if status == 'resume' else 'running'}"
+                f" ({study.config.search.trials} trials)"
+            )
+            table = StudyFolder(study.config.output_dir).table
+            if status == "new" and table.is_file():
+                table.unlink()  # a start that never reached Ray; its rows cannot be resumed
+            try:
+                result = run_study(
+                    study.config,
+                    out_dir=study.config.output_dir,
+                    resume=status == "resume",
+                    address=address,
+                    progress=progress,
+                )
+            except UsageError:
+                raise
+            except Exception as exc:  # one broken study must not lose the others
+                failed[study.name] = f"{type(exc).__name__}: {exc}"
+                log(f"  {study.name} failed: {failed[study.name]}")
+                log(traceback.format_exc(limit=3))
+                continue
+            ran.append(study.name)
+            log(f"  best {result.best_score:.4f} (dense {result.dense_score:.4f}), {result.states}")
+            if not result.states.get("COMPLETE"):
+                failed[study.name] = f"no trial completed: {_first_error(result.table_path)}"
+                log(f"  {study.name}: {failed[study.name]}")
+            elif _finished_rows(result.table_path) < study.config.search.trials:
+                # Tune swallows Ctrl-C and returns early: stop here instead of starting the
+                # next study; running the command again resumes this one.
+                failed[study.name] = "stopped before its budget; run again to resume"
+                log(f"  {study.name}: {failed[study.name]}")
+                break
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+    sources: dict[str, Path] = {}
+    labels: dict[str, dict[str, Any]] = {}
+    for study in studies:
+        path = StudyFolder(study.config.output_dir).table
+        # run=False reports what is finished: a study cut short would bias its method.
+        if path.is_file() and (run or statuses[study.name] == "complete"):
+            sources[study.name] = path
+            labels[study.name] = {
+                "sampler": study.sampler,
+                "seed": study.seed,
+                "early_stopping": study.early_stopping,
+            }
+    for name, frame in from_mlflow.items():
+        sources[name] = frame
+        labels[name] = {"early_stopping": frame.attrs.get("early_stopping", None)}
+    for path in (c for c in collected if c not in from_mlflow):
+        name = f"collected:{path}"
+        sources[name] = Path(path)
+    if not sources:
+        raise RuntimeError(f"no study produced a trial table ({failed})")
+    maximize = plan.maximize if plan is not None else True
+    table = combine_studies(sources, maximize=maximize, labels=labels)
+    if not (table["state"] == "COMPLETE").any():
+        raise RuntimeError(f"no study completed a trial; errors: {failed}")
+    table_path = save_table(table, out / TABLE)
+    report = build_report(out, share=share)
+    return CompareResult(table_path, report, tuple(ran), tuple(skipped), failed, tuple(collected))

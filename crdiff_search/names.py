@@ -1,0 +1,20 @@
+"""The fixed vocabularies every layer shares, defined once (no heavy imports: the schema, the
+CLI and the engines all read them).
+
+>>> from crdiff_search.names import GRANULARITIES
+>>> GRANULARITIES
+('paper', 'block', 'kind')
+"""
+
+from __future__ import annotations
+
+# Torch dtypes by name; the engines map them to torch.* (crdiff_search.models.resolve_dtype).
+DTYPES = ("float32", "float16", "bfloat16")
+# Partition granularities (search_spaces.build_partition).
+GRANULARITIES = ("paper", "block", "kind")
+# Weight kinds a partition can select by structure (search_spaces.selection).
+KINDS = ("self_attn", "cross_attn", "ff", "resnet")
+# Denoiser classes with a partition: UNets, then transformers.
+UNET_CLASSES = ("UNet2DConditionModel",)
+TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "PixArtTransformer2DModel")
+DENOISER_CLASSES = UNET_CLASSES + TRANSFORMER_CLASSES
