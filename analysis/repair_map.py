@@ -142,10 +142,7 @@ def build_map(
             ceiling = float(at["dense"].iloc[0])
     table["ceiling"] = ceiling
     gap = table["ceiling"] - table["dense"]
-    winner_score = table["dense"] + table["delta"]
-    table["gap_closed"] = np.where(
-        gap > 1e-9, (winner_score - table["dense"]) / gap.where(gap > 1e-9), np.nan
-    )
+    table["gap_closed"] = np.where(gap > 1e-9, table["delta"] / gap.where(gap > 1e-9), np.nan)
     return table[[*BASE_COLUMNS, *groups, *TAIL_COLUMNS]]
 
 
