@@ -2,16 +2,22 @@
 
 Example::
 
-    from analysis import combine_studies, write_report
+    from crdiff_search.analysis import combine_studies, write_report
     table = combine_studies(["cmp/studies/tpe-s0", "cmp/studies/anneal-s0"])
     write_report(table, "cmp", title="testbed at 64x64")
 """
 
-from analysis.curves import AXES, best_so_far, curve_bands
-from analysis.early_stopping import early_stopping_summary, has_early_stopping
-from analysis.report import Report, write_report
-from analysis.stats import final_best, rank_tests, reach_target, summary_table, trials_to_reach
-from analysis.table import (
+from crdiff_search.analysis.curves import AXES, best_so_far, curve_bands
+from crdiff_search.analysis.early_stopping import early_stopping_summary, has_early_stopping
+from crdiff_search.analysis.report import Report, write_report
+from crdiff_search.analysis.stats import (
+    final_best,
+    rank_tests,
+    reach_target,
+    summary_table,
+    trials_to_reach,
+)
+from crdiff_search.analysis.table import (
     combine_studies,
     find_study_tables,
     load_study_table,

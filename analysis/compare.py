@@ -3,7 +3,7 @@
 
 Example::
 
-    from analysis.compare import build_report
+    from crdiff_search.analysis.compare import build_report
     build_report("runs/compare-testbed")      # rewrites report.md from the saved table
 """
 
@@ -29,8 +29,8 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
 
 def build_report(out_dir: str | Path, *, share: float = DEFAULT_SHARE) -> Path:
     """(Re)write the report of ``DIR`` from ``DIR/comparison.parquet`` and ``DIR/compare.json``."""
-    from analysis.report import write_report
-    from analysis.table import load_table
+    from crdiff_search.analysis.report import write_report
+    from crdiff_search.analysis.table import load_table
 
     out = Path(out_dir)
     if not (out / TABLE).is_file():

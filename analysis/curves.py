@@ -6,7 +6,7 @@ trial's score was measured on fewer prompts. Every finished trial still counts a
 
 Example::
 
-    from analysis import curve_bands
+    from crdiff_search.analysis import curve_bands
     bands = curve_bands(table, axis="images")   # method, x, median, q25, q75, n
 """
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from crdiff_search.analysis.table import running_best
 
-from analysis.table import running_best
 from crdiff_search.errors import UsageError
 
 # axis name -> (tidy table column, order the trials are taken in, label)

@@ -6,7 +6,7 @@ images spent.
 
 Example::
 
-    from analysis import early_stopping_summary
+    from crdiff_search.analysis import early_stopping_summary
     early_stopping_summary(table)   # one row per early-stopped method
 """
 
@@ -16,9 +16,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from crdiff_search.analysis.stats import final_best
 from scipy import stats
-
-from analysis.stats import final_best
 
 
 def has_early_stopping(table: pd.DataFrame) -> bool:

@@ -8,7 +8,7 @@ they started.
 
 Example::
 
-    from analysis.mlflow_source import mlflow_study_tables
+    from crdiff_search.analysis.mlflow_source import mlflow_study_tables
     tables = mlflow_study_tables("sqlite:///mlflow.db", "testbed-compare")
 """
 

@@ -6,7 +6,7 @@ state, no GUI backend), so figures can be inspected in tests and saved anywhere 
 
 Example::
 
-    from analysis import curve_bands, plots
+    from crdiff_search.analysis import curve_bands, plots
     fig = plots.best_so_far_figure(curve_bands(table, "images"), "images")
     plots.save_png(fig, "best_vs_images.png")
 """
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from crdiff_search.analysis.curves import AXES
+from crdiff_search.analysis.table import RATIO_PREFIX, ratio_columns
 from matplotlib.figure import Figure
-
-from analysis.curves import AXES
-from analysis.table import RATIO_PREFIX, ratio_columns
 
 DPI = 80
 MAX_LANDSCAPE_GROUPS = 4

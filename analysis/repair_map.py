@@ -9,7 +9,7 @@ to the training-size score (the ceiling) it closes. :func:`map_figure` draws it.
 
 Example::
 
-    from analysis.repair_map import build_map, map_figure, write_map
+    from crdiff_search.analysis.repair_map import build_map, map_figure, write_map
     table = build_map(["runs/testbed-24x24", "runs/testbed-48x48"], training=(32, 32))
     write_map(table, "docs/repair-map")      # map.csv, map.png, map.md
 """
@@ -251,7 +251,7 @@ def write_map(
     title: str = "",
 ) -> list[Path]:
     """``map.csv``, ``map.png`` and ``map.md`` in ``out_dir``; returns their paths."""
-    from analysis.plots import save_png
+    from crdiff_search.analysis.plots import save_png
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ saved table (``crdiff compare --report-only DIR``) writes the same Markdown.
 
 Example::
 
-    from analysis import load_table, write_report
+    from crdiff_search.analysis import load_table, write_report
     report = write_report(load_table("cmp/comparison.parquet"), "cmp", title="testbed 64x64")
     print(report.markdown.read_text())
 """
@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from analysis import plots
-from analysis.curves import AXES, curve_bands
-from analysis.early_stopping import early_stopping_summary, has_early_stopping
-from analysis.stats import (
+from crdiff_search.analysis import plots
+from crdiff_search.analysis.curves import AXES, curve_bands
+from crdiff_search.analysis.early_stopping import early_stopping_summary, has_early_stopping
+from crdiff_search.analysis.stats import (
     final_best,
     identical_methods,
     rank_tests,
@@ -33,7 +32,7 @@ from analysis.stats import (
     summary_table,
     trials_to_reach,
 )
-from analysis.table import RATIO_PREFIX, methods_of, ratio_columns
+from crdiff_search.analysis.table import RATIO_PREFIX, methods_of, ratio_columns
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

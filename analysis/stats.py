@@ -2,7 +2,7 @@
 
 Example::
 
-    from analysis import final_best, rank_tests, trials_to_reach
+    from crdiff_search.analysis import final_best, rank_tests, trials_to_reach
     final = final_best(table)                      # one row per (method, seed)
     kw, pairs = rank_tests(final)                  # Kruskal-Wallis + Mann-Whitney U per pair
     reach, target = trials_to_reach(table, share=0.95)
@@ -16,9 +16,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
+from crdiff_search.analysis.table import ratio_columns, running_best
 from scipy import stats
 
-from analysis.table import ratio_columns, running_best
+from crdiff_search import records
 
 
 def final_best(table: pd.DataFrame, *, maximize: bool = True) -> pd.DataFrame:
@@ -30,7 +31,7 @@ def final_best(table: pd.DataFrame, *, maximize: bool = True) -> pd.DataFrame:
     ratios = ratio_columns(table)
     rows = []
     for (method, seed), study in table.groupby(["method", "seed"], sort=False):
-        done = study[(study["state"] == "COMPLETE") & study["score"].notna()]
+        best = records.best_completed(study, "max" if maximize else "min", order="trial_number")
         row = {
             "method": method,
             "seed": seed,
@@ -40,8 +41,7 @@ def final_best(table: pd.DataFrame, *, maximize: bool = True) -> pd.DataFrame:
             "images": float(study["n_images"].fillna(0).sum()),
             "elapsed_s": float(study["elapsed_s"].max()),
         }
-        if len(done):
-            best = done.loc[done["score"].idxmax() if maximize else done["score"].idxmin()]
+        if best is not None:
             row.update(final_best=float(best["score"]), best_trial=int(best["trial_number"]))
             row.update({c: float(best[c]) for c in ratios})
         else:

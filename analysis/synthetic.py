@@ -2,7 +2,7 @@
 
 Example::
 
-    from analysis.synthetic import study_table
+    from crdiff_search.analysis.synthetic import study_table
     raw = study_table([0.1, 0.3, 0.2], sampler="tpe", seed=0)   # three completed trials
 """
 

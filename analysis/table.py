@@ -7,7 +7,7 @@ the running totals (images generated, elapsed wall time, best score so far).
 
 Example::
 
-    from analysis import combine_studies
+    from crdiff_search.analysis import combine_studies
     table = combine_studies(["runs/tpe-s0/trials.parquet", "runs/anneal-s0/trials.parquet"])
     table.groupby("method")["best_so_far"].max()
 """
@@ -21,12 +21,10 @@ import numpy as np
 import pandas as pd
 
 from crdiff_search.errors import UsageError
+from crdiff_search.records import DONE_STATES, RATIO_PREFIX
 from crdiff_search.study_folder import TABLE_FILE
 
-RATIO_PREFIX = "ratio."
 TIMING_COLUMNS = ("t_prune", "t_generate", "t_score", "t_restore", "t_total")
-# States that consumed their budget; RUNNING rows are trials a study did not finish.
-DONE_STATES = ("COMPLETE", "FAILED", "PRUNED")
 ASHA_SUFFIX = "+asha"
 
 _REQUIRED = ("trial_index", "state", "score")

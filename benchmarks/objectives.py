@@ -59,7 +59,7 @@ def _tiny_extractor():
 
 
 def tiny_options(folder: Path, device: str) -> dict[str, dict]:
-    from objectives import _tiny
+    from crdiff_search.objectives import _tiny
 
     config, checkpoint = _tiny.write_tiny_open_clip(folder / "clip")
     ir = _tiny.write_tiny_imagereward(folder / "imagereward")
@@ -87,8 +87,8 @@ def tiny_options(folder: Path, device: str) -> dict[str, dict]:
 
 
 def measure(name: str, size_label: str, options: dict, args) -> dict:
-    from objectives import create_objective
-    from objectives._common import MissingWeightsError
+    from crdiff_search.objectives import create_objective
+    from crdiff_search.objectives._common import MissingWeightsError
 
     row = {"scorer": name, "size": size_label, "device": args.device, "n_images": args.images}
     start = time.perf_counter()

@@ -34,7 +34,7 @@ class AppliedRecipe:
 def make_pruner(denoiser, recipe: Recipe):
     """A ``Pruner`` over the recipe's partition (no per-model sort cache: generation prunes once)."""
     from crdiff_search.pruning import Pruner
-    from search_spaces import build_partition
+    from crdiff_search.search_spaces import build_partition
 
     spec = recipe.partition
     partition = build_partition(

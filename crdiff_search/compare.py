@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from analysis.compare import DEFAULT_SHARE, MANIFEST, TABLE, build_report
-from analysis.table import DONE_STATES, method_label
+from crdiff_search.analysis.compare import DEFAULT_SHARE, MANIFEST, TABLE, build_report
+from crdiff_search.analysis.table import DONE_STATES, method_label
 from crdiff_search.errors import UsageError
 from crdiff_search.study_folder import StudyFolder
 
@@ -306,14 +306,14 @@ def run_comparison(
     the collected study tables, and write ``comparison.parquet`` and the report.
 
     ``run=False`` runs nothing and reports only the planned studies already complete."""
-    from analysis.table import combine_studies, find_study_tables, save_table
+    from crdiff_search.analysis.table import combine_studies, find_study_tables, save_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     collected = [str(p) for p in find_study_tables(collect)] if collect else []
     from_mlflow: dict[str, Any] = {}
     for uri, experiment in collect_mlflow:  # read before Ray starts: a bad name fails early
-        from analysis.mlflow_source import mlflow_study_tables
+        from crdiff_search.analysis.mlflow_source import mlflow_study_tables
 
         for study_id, frame in mlflow_study_tables(uri, experiment).items():
             from_mlflow[f"mlflow:{experiment}:{study_id}"] = frame

@@ -31,23 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
-from crdiff_search.names import DTYPES, GRANULARITIES, KINDS
+from crdiff_search.names import DTYPES, GRANULARITIES, KINDS, SCHEDULERS
 from crdiff_search.resolution import parse_resolution
 from crdiff_search.testbed import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 CONFIG_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("max", "min")
-# scheduler name -> diffusers class; "default" keeps the pipeline's own scheduler.
-SCHEDULERS = {
-    "default": None,
-    "ddim": "DDIMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "pndm": "PNDMScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
 # Short names accepted by load_experiment(**overrides) and the CLI flags.
 OVERRIDE_ALIASES = {
     "sampler": "search.sampler",
@@ -111,6 +101,9 @@ class ObjectiveSpec:
     weights: tuple[float, ...] = (1.0,)
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per name
     mode: str = "max"
+    # names scored relative to the dense model: score(image) - score(dense image), same prompt
+    # and seed
+    relative: tuple[str, ...] = ()
 
     def options_for(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))
@@ -302,7 +295,11 @@ class ExperimentConfig:
         else:
             obj["name"] = obj["names"]
         del obj["names"]
-        out["objective"] = {k: obj[k] for k in ("name", "weights", "mode", "options")}
+        out["objective"] = {
+            k: obj[k] for k in ("name", "weights", "mode", "options", "relative") if k in obj
+        }
+        if not out["objective"]["relative"]:
+            del out["objective"]["relative"]
         out["ratios"]["groups"] = {g: list(b) for g, b in out["ratios"]["groups"].items()}
         return out
 
@@ -468,12 +465,16 @@ def _at_least(where: str, value: int, low: int) -> int:
     return value
 
 
+# [objective] spells its names as ``name`` (a string or a list), not as the spec's ``names``.
+_OBJECTIVE_KEYS = ("name", "weights", "options", "mode", "relative")
+
+
 def _section(data: Mapping, name: str, cls) -> dict[str, Any]:
     raw = data.get(name, {})
     _expect(f"[{name}]", raw, "table")
     known = [f.name for f in dataclasses.fields(cls)]
     if name == "objective":
-        known = ["name", "weights", "options", "mode"]
+        known = list(_OBJECTIVE_KEYS)
     unknown = sorted(set(raw) - set(known))
     if unknown:
         raise UsageError(
@@ -531,7 +532,7 @@ def _section_keys(problems: list[str], data: Mapping, name: str, cls) -> dict[st
             return {}
         known = [f.name for f in dataclasses.fields(cls)]
         if name == "objective":
-            known = ["name", "weights", "options", "mode"]
+            known = list(_OBJECTIVE_KEYS)
         return {k: v for k, v in raw.items() if k in known}
 
 
@@ -556,7 +557,16 @@ def _top_level(raw: dict) -> dict[str, Any]:
 
 
 def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentConfig:
-    """Validate everything, reporting every problem of the file at once (:class:`ConfigErrors`)."""
+    """Import the experiment's plug-ins, then validate it."""
+    import_plugins(data)
+    return validate(data, base_dir=base_dir)
+
+
+def validate(data: Mapping[str, Any], *, base_dir: Path | None = None) -> ExperimentConfig:
+    """Validate everything, reporting every problem of the file at once (:class:`ConfigErrors`).
+
+    Pure: it imports no plug-in (:func:`import_plugins` does, before it) and builds nothing;
+    names are checked against the registries, option names against signatures."""
     _expect("the experiment", data, "table")
     problems: list[str] = []
     unknown = sorted(set(data) - set(_TOP_LEVEL) - set(_SECTIONS))
@@ -591,16 +601,31 @@ def _from_dict(data: Mapping[str, Any], *, base_dir: Path | None) -> ExperimentC
 
 
 def _plugins(raw: Any) -> list[str]:
-    import importlib
-
     _expect("plugins", raw, "list")
     for i, name in enumerate(raw):
         _expect(f"plugins[{i}]", name, "str")
+    return list(raw)
+
+
+def import_plugins(data: Mapping[str, Any]) -> None:
+    """Import the experiment's ``plugins`` modules (they register objectives, samplers, ...
+    at import), so that validation, which imports nothing, knows their names. The loading step
+    before :func:`_from_dict`; a module that cannot be imported is a config error."""
+    import importlib
+
+    names = data.get("plugins", []) if isinstance(data, Mapping) else []
+    if not isinstance(names, list | tuple):
+        return  # validation reports the type
+    problems = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise UsageError(f"plugins[{i}] = {name!r} cannot be imported: {exc}") from None
-    return list(raw)
+            problems.append(f"plugins[{i}] = {name!r} cannot be imported: {exc}")
+    if problems:
+        raise ConfigErrors(problems)
 
 
 def _model(raw: dict) -> ModelSpec:
@@ -673,7 +698,7 @@ def _prompts(raw: dict, model: ModelSpec, base_dir: Path | None) -> PromptSpec:
 
 
 def _objective(raw: dict) -> ObjectiveSpec:
-    from objectives import OBJECTIVE_NAMES
+    from crdiff_search.objectives import OBJECTIVE_NAMES, OBJECTIVES
 
     name = raw.get("name", "scene")
     names = [name] if isinstance(name, str) else name
@@ -704,11 +729,27 @@ def _objective(raw: dict) -> ObjectiveSpec:
         per_name = {
             n: dict(_expect(f"objective.options.{n}", options[n], "table")) for n in options
         }
+    relative = _expect("objective.relative", raw.get("relative", []), "list")
+    for i, n in enumerate(relative):
+        _choice(f"objective.relative[{i}]", n, names)
+        if OBJECTIVES.metadata(n).get("per_image") is False:
+            raise UsageError(
+                f"objective.relative[{i}] = {n!r} is a set metric: it has no per-image score "
+                "to compare with the dense model's"
+            )
+    if names == ["composite"]:
+        from crdiff_search.objectives.composite import parse_terms
+
+        try:
+            parse_terms(per_name.get("composite", {}).get("terms", []))
+        except UsageError as exc:
+            raise UsageError(f"objective.options.terms: {exc}") from None
     return ObjectiveSpec(
         names=tuple(names),
         weights=tuple(weights),
         options={n: o for n, o in per_name.items() if o},
         mode=_objective_mode(names, raw.get("mode")),
+        relative=tuple(dict.fromkeys(relative)),
     )
 
 
@@ -716,7 +757,7 @@ def _objective_mode(names: list[str], mode: Any) -> str:
     """``objective.mode``: given, else the objective's own direction (``min`` for FID/KID);
     a given mode that contradicts a single objective's direction is an error here, before
     Ray starts."""
-    from objectives import higher_is_better
+    from crdiff_search.objectives import higher_is_better
 
     direction = higher_is_better(names[0]) if len(names) == 1 else None
     if mode is None:
@@ -801,15 +842,18 @@ def _search(raw: dict) -> SearchSpec:
 
 
 def _check_sampler_options(sampler: str, options: dict, seed: int) -> None:
-    """Building a sampler is cheap (no model); doing it here reports bad options early."""
-    from crdiff_search.samplers import create_sampler
+    """The option names the sampler takes (from its signature; nothing is built here: values
+    are checked when the driver builds the sampler, before Ray starts)."""
+    from crdiff_search.samplers import sampler_options
+    from crdiff_search.samplers._registry import BAD_OPTIONS
 
-    try:
-        create_sampler(sampler, seed=seed, **options)
-    except UsageError as exc:
-        raise UsageError(f"search.sampler_options: {exc}") from None
-    except TypeError as exc:
-        raise UsageError(f"search.sampler_options for {sampler!r}: {exc}") from None
+    valid = sampler_options(sampler)
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise UsageError(
+            "search.sampler_options: "
+            + BAD_OPTIONS.format(name=sampler, bad=", ".join(bad), valid=", ".join(valid))
+        )
 
 
 def _resources(raw: dict) -> Resources:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crdiff_search import records
 from crdiff_search.errors import UsageError
 from crdiff_search.study_folder import StudyFolder
 
@@ -48,7 +49,6 @@ GRID_VERSION = 1
 GRID_KEYS = ("version", "out", "command", "tracking_uri", "env", "defaults", "study")
 STUDY_KEYS_RESERVED = ("experiment", "name")
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-TRIAL_DONE_STATES = ("COMPLETE", "FAILED", "PRUNED")
 LAUNCH_DIR = "_launch"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -172,6 +172,7 @@ class StudyPlan:
     out_dir: Path
     submission_id: str
     entrypoint: str
+    mode: str = "max"  # objective.mode: which end of the scores is best
 
     def trials_done(self) -> int:
         """Trials in a terminal state in ``out_dir/trials.parquet`` (0 when absent)."""
@@ -184,7 +185,7 @@ class StudyPlan:
             states = pq.read_table(table, columns=["state"]).column("state").to_pylist()
         except Exception:
             return 0
-        return sum(1 for s in states if str(s).upper() in TRIAL_DONE_STATES)
+        return sum(1 for s in states if str(s).upper() in records.DONE_STATES)
 
     def table_complete(self) -> bool:
         return self.trials_done() >= self.trials
@@ -203,13 +204,13 @@ class StudyPlan:
         try:
             import pandas as pd
 
-            df = pd.read_parquet(table, columns=["state", "score"])
+            df = pd.read_parquet(table)
         except Exception:
             return None
-        done = df[df["state"].astype(str).str.upper() == "COMPLETE"]
-        if done.empty or done["score"].isna().all():
+        ranked = records.ranked_completed(df, self.mode)
+        if ranked.empty:
             return None
-        return float(done["score"].max()), len(done)
+        return float(ranked["score"].iloc[0]), len(ranked)
 
 
 def _safe(text: str) -> str:
@@ -219,6 +220,7 @@ def _safe(text: str) -> str:
 def plan_grid(grid: Grid) -> list[StudyPlan]:
     """Load and validate every study of the grid (no Ray involved) and derive its job."""
     from crdiff_search.config import check_heldout, load_experiment
+    from crdiff_search.runner.study import build_sampler
 
     plans: list[StudyPlan] = []
     seen: dict[str, int] = {}
@@ -246,6 +248,7 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
                     changes["tracking.uri"] = f"sqlite:///{grid.out / 'mlflow.db'}"
             cfg = cfg.replace(**changes)
             check_heldout(cfg)
+            build_sampler(cfg)  # option values, before any job is submitted
         except UsageError as exc:
             raise _grid_error(grid.path, f"{where}: {exc}") from None
         if name in seen:
@@ -282,6 +285,7 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
                 out_dir=out_dir,
                 submission_id=f"crdiff-{_safe(name)}-{digest}",
                 entrypoint=entrypoint,
+                mode=cfg.objective.mode,
             )
         )
     return plans

@@ -18,3 +18,13 @@ KINDS = ("self_attn", "cross_attn", "ff", "resnet")
 UNET_CLASSES = ("UNet2DConditionModel",)
 TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "PixArtTransformer2DModel")
 DENOISER_CLASSES = UNET_CLASSES + TRANSFORMER_CLASSES
+# Scheduler name -> diffusers class; "default" keeps the pipeline's own scheduler.
+SCHEDULERS = {
+    "default": None,
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "pndm": "PNDMScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}

@@ -9,7 +9,7 @@ editing ours, through an entry point in the kind's group, e.g. in its ``pyprojec
 
 or at run time::
 
-    from objectives import OBJECTIVES
+    from crdiff_search.objectives import OBJECTIVES
     OBJECTIVES.register("sharpness", SharpnessObjective)
     OBJECTIVES.unregister("sharpness")
 
@@ -20,9 +20,11 @@ in code win over entry points of the same name.
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import UsageError
@@ -181,3 +183,32 @@ class PluginRegistry(Sequence):
             dist = getattr(ep, "dist", None)
             origin = f"entry point {getattr(dist, 'name', '?')}"
             self._plugins[key] = Plugin(key, ep.value, {}, origin)
+
+
+def import_modules(modules: Sequence[str], paths: Sequence[str] = ()) -> None:
+    """Import the modules that register extra objectives (``register_objective``).
+
+    ``paths`` are the folders the driver found them in (:func:`module_roots`): a worker on the
+    same machine does not share the driver's ``sys.path``.
+    """
+    for path in paths:
+        if path not in sys.path:
+            sys.path.append(path)
+    for name in modules:
+        importlib.import_module(name)
+
+
+def module_roots(modules: Sequence[str]) -> list[str]:
+    """The ``sys.path`` roots the (already imported) plugin modules were loaded from."""
+    roots = []
+    for name in modules:
+        top = sys.modules.get(name.split(".", 1)[0])
+        origin = getattr(top, "__file__", None)
+        if not origin:
+            continue
+        root = Path(origin).resolve().parent
+        if Path(origin).name == "__init__.py":
+            root = root.parent
+        if str(root) not in roots:
+            roots.append(str(root))
+    return roots

@@ -96,20 +96,19 @@ def top_trials(trials, groups: Sequence[str], k: int, mode: str) -> list[dict[st
     """The ``k`` best completed, non-dense trials (ties: earlier trial first)."""
     if k < 1:
         raise UsageError(f"--top-k {k} must be at least 1")
-    done = trials[(trials["state"] == "COMPLETE") & trials["score"].notna()].copy()
-    cols = [f"ratio.{g}" for g in groups]
-    done = done[(done[cols].fillna(0.0) > 0).any(axis=1)]
+    from crdiff_search import records
+
+    done = records.ranked_completed(trials, mode, pruned_only=True)
     if done.empty:
         raise UsageError("the study has no completed pruned trial to re-rank")
-    done = done.sort_values(["score", "trial_index"], ascending=[mode == "min", True]).head(k)
     return [
         {
             "trial_id": str(row["trial_id"]),
             "trial_index": int(row["trial_index"]),
             "search_score": float(row["score"]),
-            "ratios": {g: float(row[f"ratio.{g}"] or 0.0) for g in groups},
+            "ratios": records.ratios_of(row, groups),
         }
-        for row in done.to_dict("records")
+        for row in done.head(k).to_dict("records")
     ]
 
 
@@ -156,59 +155,48 @@ def heldout_source(config, prompts_file: str | None = None) -> str:
     return f"file {config.prompts.file}, lines after the first {config.prompts.count}"
 
 
-def _task_settings(config, prompts, seeds) -> dict[str, Any]:
-    from crdiff_search.runner.study import _absolute_source
-    from crdiff_search.runner.worker import plugin_paths
+def task_spec(config, prompts, seeds):
+    """The :class:`~crdiff_search.runner.spec.WorkerSpec` of a re-rank task: the study's model
+    and objective on the held-out prompts."""
+    from crdiff_search.runner.spec import WorkerSpec
 
-    data = config.to_dict()
-    data["model"]["source"] = _absolute_source(config.model.source)
-    chunk = config.prompts.chunk_size or len(prompts)
-    return {
-        "config": data,
-        "prompts": list(prompts),
-        "seeds": list(seeds),
-        "chunks": [(i, min(i + chunk, len(prompts))) for i in range(0, len(prompts), chunk)],
-        "width": config.width,
-        "height": config.height,
-        "mode": config.objective.mode,
-        "plugin_paths": plugin_paths(config.plugins),
-    }
+    return WorkerSpec.from_config(config, prompts=prompts, seeds=seeds)
 
 
-def evaluate_candidate(
-    settings: dict[str, Any], candidate: dict[str, Any] | None, weights: Sequence[float]
-) -> list[dict[str, Any]]:
+def evaluate_candidate(spec, candidate: dict[str, Any] | None, weights: Sequence[float]):
     """Score the dense model (``candidate=None``) or one candidate at each POA weight, in the
-    calling process (a Ray task's body). Rows carry per-objective values and a few images."""
+    calling process (a Ray task's body), on ``spec``'s prompts. Rows carry per-objective values
+    and a few images."""
     from crdiff_search.apply import apply_recipe
-    from crdiff_search.config import recipe_partition
     from crdiff_search.recipe import Recipe
     from crdiff_search.runner.worker import worker_state
 
-    state, _ = worker_state(settings)
-    prompts = settings["prompts"]
+    state, _ = worker_state(spec)
+    # Relative objective terms compare each image with the dense model's (same prompt, seed).
+    dense = state.ensure_dense(spec) if spec.relative and candidate is not None else None
 
     def measure() -> dict[str, Any]:
         import numpy as np
 
         t_generate, t_score = 0.0, 0.0
         images, parts = [], {}
-        for start, stop in settings["chunks"]:
+        for start, stop in spec.chunks:
             t0 = time.perf_counter()
-            chunk = state.generate(settings, start, stop)
+            chunk = state.generate(spec, start, stop)
             t1 = time.perf_counter()
-            for name, scores in state.score(chunk, prompts[start:stop]).items():
+            for name, scores in state.score(chunk, spec.prompts[start:stop]).items():
                 parts.setdefault(name, []).extend(scores.tolist())
             t_generate += t1 - t0
             t_score += time.perf_counter() - t1
             images.extend(chunk[: max(0, N_SHOW - len(images))])
 
         per = {k: np.asarray(v) for k, v in parts.items()}
-        values = state.image_values(per)
+        reference = per if candidate is None else dense
+        values = state.image_values(per, reference)
         return {
-            "score": state.combine(per),
+            "score": state.combine(per, reference),
             "image_scores": None if values is None else [float(v) for v in values],
-            **{f"obj.{name}": float(obj.aggregate(per[name])) for name, _, obj in state.objectives},
+            **{f"obj.{k}": v for k, v in state.term_values(per, reference).items()},
             "t_generate": t_generate,
             "t_score": t_score,
             "images": images,
@@ -221,16 +209,15 @@ def evaluate_candidate(
         row = {"kind": "dense", "trial_id": "dense", "w": None, **measure()}
         row["model_revision"] = "sha256:" + state_dict_digest(denoiser_of(state.pipe))
         return [row]
-    cfg = settings["config"]
     rows = []
     for w in weights:
         recipe = Recipe(
-            model=cfg["model"]["source"],
-            width=settings["width"],
-            height=settings["height"],
+            model=spec.source,
+            width=spec.width,
+            height=spec.height,
             ratios=candidate["ratios"],
-            partition=recipe_partition(cfg["partition"]),
-            criterion=cfg["partition"]["criterion"],
+            partition=dict(spec.partition),
+            criterion=spec.criterion,
             poa_w=w,
         )
         with apply_recipe(state.pipe, recipe, pruner=state.pruner):
@@ -274,7 +261,7 @@ def rerank(
     mode = config.objective.mode
     candidates = top_trials(trials, groups, top_k, mode)
     prompts, seeds = heldout_prompts(config, n=n_prompts, prompts_file=prompts_file, seed=seed)
-    settings = _task_settings(config, prompts, seeds)
+    spec = task_spec(config, prompts, seeds)
 
     import ray
 
@@ -290,7 +277,7 @@ def rerank(
         # loaded once per process and reused by every task that lands there.
         jobs = [(c, w) for w in weights if w != 1.0 for c in candidates]
         jobs += [(None, None)] + [(c, 1.0) for c in candidates]
-        refs = [task.remote(settings, c, weights if c is None else (w,)) for c, w in jobs]
+        refs = [task.remote(spec, c, weights if c is None else (w,)) for c, w in jobs]
         labels = ["dense" if c is None else f"trial {c['trial_id']} w={w:g}" for c, w in jobs]
         results = _gather(
             ray, refs, labels, len(candidates), len(prompts), config, weights, progress
@@ -456,7 +443,7 @@ def _paired_stats(
     Empty when the objective has no per-image values (a set metric such as FID)."""
     import numpy as np
 
-    from analysis.stats import paired_difference
+    from crdiff_search.analysis.stats import paired_difference
 
     dense = per_image.get(("dense", None))
     if dense is None or any(v is None for v in per_image.values()):

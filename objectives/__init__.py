@@ -6,7 +6,7 @@ each scorer lives in its own module, imported only when its name is first asked 
 
 Example::
 
-    from objectives import create_objective
+    from crdiff_search.objectives import create_objective
 
     reward = create_objective("imagereward", checkpoint="/models/ImageReward.pt",
                               med_config="/models/med_config.json")
@@ -24,9 +24,10 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from crdiff_search.objectives.base import Objective
+
 from crdiff_search.errors import UsageError
 from crdiff_search.plugins import PluginRegistry
-from objectives.base import Objective
 
 __all__ = [
     "OBJECTIVES",
@@ -42,17 +43,19 @@ __all__ = [
 # imported lazily; ``higher_is_better`` is known without importing them, so an experiment's
 # objective.mode is checked before Ray starts.
 OBJECTIVES = PluginRegistry("objective")
-for _name, _target, _higher in (
-    ("imagereward", "objectives.imagereward:ImageRewardObjective", True),
-    ("clip", "objectives.clip:ClipScoreObjective", True),
-    ("pickscore", "objectives.pickscore:PickScoreObjective", True),
-    ("aesthetic", "objectives.aesthetic:AestheticObjective", True),
-    ("fid", "objectives.fid:FidObjective", False),
-    ("kid", "objectives.fid:KidObjective", False),
-    ("composite", "objectives.composite:CompositeObjective", None),
-    ("scene", "objectives.scene:SceneObjective", True),
+for _name, _target, _higher, _per_image in (
+    ("imagereward", "crdiff_search.objectives.imagereward:ImageRewardObjective", True, True),
+    ("clip", "crdiff_search.objectives.clip:ClipScoreObjective", True, True),
+    ("pickscore", "crdiff_search.objectives.pickscore:PickScoreObjective", True, True),
+    ("aesthetic", "crdiff_search.objectives.aesthetic:AestheticObjective", True, True),
+    ("fid", "crdiff_search.objectives.fid:FidObjective", False, False),
+    ("kid", "crdiff_search.objectives.fid:KidObjective", False, False),
+    ("composite", "crdiff_search.objectives.composite:CompositeObjective", None, True),
+    ("scene", "crdiff_search.objectives.scene:SceneObjective", True, True),
 ):
-    OBJECTIVES.register(_name, _target, origin="builtin", higher_is_better=_higher)
+    OBJECTIVES.register(
+        _name, _target, origin="builtin", higher_is_better=_higher, per_image=_per_image
+    )
 
 _CACHE: dict[tuple, Objective] = {}
 _LOCK = threading.RLock()
@@ -77,6 +80,7 @@ def register_objective(
     *,
     replace: bool = False,
     higher_is_better: bool | None = None,
+    per_image: bool | None = None,
 ) -> None:
     """Add a scorer (``OBJECTIVES.register``): a callable returning an :class:`Objective` (a
     class works), or a ``"module:attribute"`` string imported on first use.
@@ -84,7 +88,9 @@ def register_objective(
     >>> register_objective("brightness", BrightnessObjective)
     >>> create_objective("brightness").score(images, prompts)
     """
-    OBJECTIVES.register(name, factory, replace=replace, higher_is_better=higher_is_better)
+    OBJECTIVES.register(
+        name, factory, replace=replace, higher_is_better=higher_is_better, per_image=per_image
+    )
 
 
 def higher_is_better(name: str) -> bool | None:

@@ -72,7 +72,7 @@ def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> tuple[Path, Path]
 
 def write_tiny_aesthetic(folder: str | Path, in_features: int = 16, seed: int = 0) -> Path:
     """The aesthetic MLP (real layout, ``layers.*``) over ``in_features``-d embeddings."""
-    from objectives._common import mlp_head
+    from crdiff_search.objectives._common import mlp_head
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -182,9 +182,8 @@ def _package_key(key: str) -> str:
 
 def write_tiny_imagereward(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """ImageReward.pt + med_config.json + a synthetic vocab.txt of a tiny ImageReward."""
+    from crdiff_search.objectives.imagereward import ImageRewardModel
     from transformers import BlipTextConfig, BlipVisionConfig
-
-    from objectives.imagereward import ImageRewardModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

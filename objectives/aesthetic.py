@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from crdiff_search.errors import UsageError
-from objectives._common import (
+from crdiff_search.objectives._common import (
     batches,
     check_batch,
     load_open_clip,
@@ -33,7 +31,9 @@ from objectives._common import (
     resolve_file,
     to_pil,
 )
-from objectives.base import Objective
+from crdiff_search.objectives.base import Objective
+
+from crdiff_search.errors import UsageError
 
 ENV_WEIGHTS = "CRDIFF_AESTHETIC_WEIGHTS"
 ENV_CLIP_CHECKPOINT = "CRDIFF_CLIP_CHECKPOINT"

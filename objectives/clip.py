@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from crdiff_search.errors import UsageError
-from objectives._common import (
+from crdiff_search.objectives._common import (
     batches,
     check_batch,
     load_open_clip,
@@ -31,7 +29,9 @@ from objectives._common import (
     pick_dtype,
     to_pil,
 )
-from objectives.base import Objective
+from crdiff_search.objectives.base import Objective
+
+from crdiff_search.errors import UsageError
 
 ENV_CHECKPOINT = "CRDIFF_CLIP_CHECKPOINT"
 

@@ -33,16 +33,16 @@ from unittest import mock
 
 import numpy as np
 import torch
-from torch import nn
-
-from crdiff_search.errors import UsageError
-from objectives._common import (
+from crdiff_search.objectives._common import (
     check_batch,
     pick_device,
     resolve_file,
     to_pil,
 )
-from objectives.base import Objective
+from crdiff_search.objectives.base import Objective
+from torch import nn
+
+from crdiff_search.errors import UsageError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 ENV_WEIGHTS = "CRDIFF_INCEPTION_WEIGHTS"

@@ -29,11 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
-
-from crdiff_search.errors import UsageError
-from crdiff_search.tokenizers import check_tokenizer
-from objectives._common import (
+from crdiff_search.objectives._common import (
     CLIP_MEAN,
     CLIP_STD,
     batches,
@@ -46,7 +42,11 @@ from objectives._common import (
     resolve_file,
     to_pil,
 )
-from objectives.base import Objective
+from crdiff_search.objectives.base import Objective
+from torch import nn
+
+from crdiff_search.errors import UsageError
+from crdiff_search.tokenizers import check_tokenizer
 
 HUB_REPO = "THUDM/ImageReward"
 # The authors' reward statistics (ImageReward.py), applied as (reward - mean) / std.

@@ -20,10 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from crdiff_search.errors import UsageError
-from crdiff_search.tokenizers import CLIP_VOCAB_SIZE, check_tokenizer
-from objectives._common import (
+from crdiff_search.objectives._common import (
     batches,
     check_batch,
     missing_weights,
@@ -32,7 +29,10 @@ from objectives._common import (
     resolve_model_dir,
     to_pil,
 )
-from objectives.base import Objective
+from crdiff_search.objectives.base import Objective
+
+from crdiff_search.errors import UsageError
+from crdiff_search.tokenizers import CLIP_VOCAB_SIZE, check_tokenizer
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"

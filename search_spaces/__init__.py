@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from crdiff_search.search_spaces.bounds import PAPER_BOUNDS, PAPER_START, default_bounds
+from crdiff_search.search_spaces.partition import Partition
+from crdiff_search.search_spaces.selection import KINDS, PAPER_KINDS, normalize_include, paper_rule
 from torch import nn
 
 from crdiff_search.errors import UsageError
 from crdiff_search.names import DENOISER_CLASSES, GRANULARITIES, TRANSFORMER_CLASSES, UNET_CLASSES
-from search_spaces.bounds import PAPER_BOUNDS, PAPER_START, default_bounds
-from search_spaces.partition import Partition
-from search_spaces.selection import KINDS, PAPER_KINDS, normalize_include, paper_rule
 
 SUPPORTED_CLASSES = DENOISER_CLASSES
 
@@ -88,9 +88,9 @@ def build_partition(
             raise UsageError(
                 "n_groups applies to transformer partitions only; UNet groups follow its blocks"
             )
-        from search_spaces.unet import unet_partition
+        from crdiff_search.search_spaces.unet import unet_partition
 
         return unet_partition(model, granularity, kinds, name)
-    from search_spaces.transformer import transformer_partition
+    from crdiff_search.search_spaces.transformer import transformer_partition
 
     return transformer_partition(model, granularity, kinds, name, n_groups)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from search_spaces.partition import Partition
+from crdiff_search.search_spaces.partition import Partition
 
 #: Every ratio searched in [0.1, 0.8]; the annealing starts at 0.3 for every group.
 PAPER_BOUNDS = (0.1, 0.8)

@@ -7,9 +7,7 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
-
-from analysis import (
+from crdiff_search.analysis import (
     combine_studies,
     curve_bands,
     final_best,
@@ -18,7 +16,8 @@ from analysis import (
     save_table,
     write_report,
 )
-from analysis.synthetic import study_table
+from crdiff_search.analysis.synthetic import study_table
+from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEANS = {"anneal": 0.6, "tpe": 0.5, "uniform": 0.1}

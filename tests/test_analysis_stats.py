@@ -6,8 +6,7 @@ import math
 
 import numpy as np
 import pytest
-
-from analysis import (
+from crdiff_search.analysis import (
     combine_studies,
     early_stopping_summary,
     final_best,
@@ -16,8 +15,8 @@ from analysis import (
     summary_table,
     trials_to_reach,
 )
-from analysis.stats import _holm
-from analysis.synthetic import study_table
+from crdiff_search.analysis.stats import _holm
+from crdiff_search.analysis.synthetic import study_table
 
 
 def _two_samplers(a_finals, b_finals, trials=4):
@@ -150,9 +149,8 @@ def test_early_stopping_summary_pairs_each_asha_arm_with_its_sampler():
 
 
 def test_smallest_attainable_p_matches_the_exact_test():
+    from crdiff_search.analysis.stats import smallest_p
     from scipy import stats
-
-    from analysis.stats import smallest_p
 
     assert smallest_p(5, 5) == pytest.approx(2 / 252)
     assert smallest_p(5, 5) == pytest.approx(
@@ -162,7 +160,7 @@ def test_smallest_attainable_p_matches_the_exact_test():
 
 
 def test_methods_that_proposed_the_same_ratios_are_found():
-    from analysis.stats import identical_methods
+    from crdiff_search.analysis.stats import identical_methods
 
     ratios = [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6]]
     table = combine_studies(
@@ -176,7 +174,7 @@ def test_methods_that_proposed_the_same_ratios_are_found():
 
 
 def test_paired_difference_interval_test_and_counts():
-    from analysis.stats import paired_difference
+    from crdiff_search.analysis.stats import paired_difference
 
     rng = np.random.default_rng(3)
     base = rng.random(200)

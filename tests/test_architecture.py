@@ -15,8 +15,8 @@ COMMANDS = REPO / "crdiff_search" / "commands"
 MAX_COMMAND_LINES = 190  # argument parsing and printing only; compare.py has the most flags
 
 
-def _modules():
-    for package in PACKAGES:
+def _modules(packages=PACKAGES):
+    for package in packages:
         yield from sorted((REPO / package).rglob("*.py"))
 
 
@@ -45,6 +45,36 @@ def test_nothing_below_the_cli_imports_a_command():
         if bad:
             offenders.append(f"{path.relative_to(REPO)}: {', '.join(bad)}")
     assert not offenders, "library modules import the CLI:\n" + "\n".join(offenders)
+
+
+MAPPED = ("objectives", "analysis", "search_spaces")  # installed as crdiff_search.<name>
+
+
+def test_no_top_level_imports_of_the_mapped_folders():
+    """The folders install as ``crdiff_search.objectives`` etc.; importing them by their bare
+    folder name would load a second copy (two registries) where it works at all."""
+    offenders = []
+    for path in _modules((*PACKAGES, "tests")):
+        bad = sorted(m for m in _imports(path) if m.split(".", 1)[0] in MAPPED)
+        if bad:
+            offenders.append(f"{path.relative_to(REPO)}: {', '.join(bad)}")
+    assert not offenders, "bare imports of mapped folders:\n" + "\n".join(offenders)
+
+
+def test_the_packages_install_under_one_name():
+    import importlib.util
+    import tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert all(p.split(".", 1)[0] == "crdiff_search" for p in setup["packages"])
+    for name in MAPPED:
+        assert setup["package-dir"][f"crdiff_search.{name}"] == name
+        spec = importlib.util.find_spec(f"crdiff_search.{name}")
+        assert spec is not None and Path(spec.origin).parent == REPO / name
+    # every folder with an __init__.py is shipped
+    shipped = set(setup["packages"])
+    for init in (REPO / "crdiff_search").rglob("__init__.py"):
+        assert ".".join(init.parent.relative_to(REPO).parts) in shipped, init
 
 
 def test_commands_are_thin():

@@ -311,7 +311,7 @@ def test_known_hub_ids_are_checked_without_the_network():
 
 
 def test_ratio_groups_the_partition_lacks(tmp_path):
-    pytest.importorskip("search_spaces.partition")
+    pytest.importorskip("crdiff_search.search_spaces.partition")
     model = config_only_model(tmp_path / "model")
     path = write(
         tmp_path,

@@ -7,17 +7,17 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
-import objectives
-from crdiff_search.errors import UsageError
-from objectives import (
+from crdiff_search.objectives import (
     OBJECTIVE_NAMES,
     Objective,
     clear_objective_cache,
     create_objective,
     register_objective,
 )
+from PIL import Image
+
+from crdiff_search import objectives
+from crdiff_search.errors import UsageError
 
 
 class Brightness(Objective):

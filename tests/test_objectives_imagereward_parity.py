@@ -22,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from crdiff_search.objectives._tiny import TINY_MED_CONFIG as MED_CONFIG
+from crdiff_search.objectives.imagereward import BERT_VOCAB_SIZE, ImageRewardObjective
 from PIL import Image
-
-from objectives._tiny import TINY_MED_CONFIG as MED_CONFIG
-from objectives.imagereward import BERT_VOCAB_SIZE, ImageRewardObjective
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ROOT / ".venv" / "extras"

@@ -5,14 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from crdiff_search.objectives import _tiny, clear_objective_cache, create_objective
+from crdiff_search.objectives._common import (
+    CLIP_MEAN,
+    CLIP_STD,
+    MissingWeightsError,
+    pick_dtype,
+    to_pil,
+)
 from PIL import Image
 from torchvision import transforms as T
 
-import objectives
+from crdiff_search import objectives
 from crdiff_search.errors import UsageError
 from crdiff_search.tokenizers import TokenizerError
-from objectives import _tiny, clear_objective_cache, create_objective
-from objectives._common import CLIP_MEAN, CLIP_STD, MissingWeightsError, pick_dtype, to_pil
 
 SCORERS = ("clip", "aesthetic", "pickscore", "imagereward")
 PROMPTS = ["a red cube", "two blue spheres", "a cat on a table", "a photo at night"]
@@ -123,7 +129,7 @@ def test_pickscore_preprocessing_matches_the_clip_transform(scorers, images):
 
 @pytest.mark.parametrize("name", SCORERS)
 def test_the_cache_loads_each_model_once(weights, monkeypatch, name):
-    module = __import__(f"objectives.{name}", fromlist=["x"])
+    module = __import__(f"crdiff_search.objectives.{name}", fromlist=["x"])
     cls = next(
         v for v in vars(module).values() if isinstance(v, type) and getattr(v, "name", "") == name
     )

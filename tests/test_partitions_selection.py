@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from crdiff_search.search_spaces import (
+    GRANULARITIES,
+    KINDS,
+    Partition,
+    build_partition,
+    default_bounds,
+)
 
 from crdiff_search import testing
 from crdiff_search.errors import UsageError
-from search_spaces import GRANULARITIES, KINDS, Partition, build_partition, default_bounds
 
 
 def reference_unet_groups(model) -> dict[str, list[str]]:

@@ -37,9 +37,10 @@ def test_register_lazy_target_unregister_and_errors():
 
 
 def test_every_kind_is_one_registry():
+    from crdiff_search.objectives import OBJECTIVES
+
     from crdiff_search.registries import CRITERIA
     from crdiff_search.samplers import SAMPLERS
-    from objectives import OBJECTIVES
 
     assert all(isinstance(r, PluginRegistry) for r in (CRITERIA, SAMPLERS, OBJECTIVES))
     assert {"magnitude", "random"} <= set(CRITERIA) and "anneal" in SAMPLERS
@@ -48,7 +49,7 @@ def test_every_kind_is_one_registry():
 
 PLUGIN = """
 import numpy as np
-from objectives.base import Objective
+from crdiff_search.objectives.base import Objective
 
 class Sharpness(Objective):
     name = "sharp"
@@ -74,7 +75,7 @@ def test_a_users_package_adds_plugins_through_entry_points(tmp_path):
     )
     code = textwrap.dedent(
         """
-        from objectives import OBJECTIVES, create_objective
+        from crdiff_search.objectives import OBJECTIVES, create_objective
         from crdiff_search.samplers import create_sampler
         from crdiff_search.pruning import create_criterion
         from crdiff_search.config import load_experiment

@@ -35,8 +35,9 @@ def pipe():
 
 
 def test_apply_recipe_ends_and_exact_restore(pipe):
+    from crdiff_search.search_spaces import build_partition
+
     from crdiff_search.pruning import Pruner
-    from search_spaces import build_partition
 
     unet = pipe.unet
     state = {k: v.clone() for k, v in unet.state_dict().items()}

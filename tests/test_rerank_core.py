@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from crdiff_search.config import load_experiment
+from crdiff_search.config import ExperimentConfig, load_experiment
 from crdiff_search.errors import UsageError
 from crdiff_search.rerank import (
     NullResultError,
-    _task_settings,
     evaluate_candidate,
     heldout_prompts,
     parse_weights,
     rank_rows,
     recipe_from_study,
+    task_spec,
     top_trials,
     verdict_of,
 )
@@ -152,7 +152,7 @@ def test_evaluate_candidate_rows_in_process():
         None, trials=4, **{"model.steps": 2, "model.device": "cpu", "resolution": "32x32"}
     )
     prompts, seeds = ["a red circle", "two blue squares"], [11, 12]
-    settings = _task_settings(config, prompts, seeds)
+    settings = task_spec(config, prompts, seeds)
     (dense,) = evaluate_candidate(settings, None, (1.0, 1.5))
     cand = {"trial_id": "t1", "ratios": {"down": 0.3, "mid": 0.3, "up": 0.5}}
     rows = evaluate_candidate(settings, cand, (1.0, 1.5))
@@ -287,8 +287,9 @@ def test_paired_stats_against_dense_and_pruned():
 
 
 def test_image_values_only_for_mean_of_per_image_objectives():
-    from crdiff_search.runner.worker import WorkerState
-    from objectives.base import Objective
+    from crdiff_search.objectives import OBJECTIVES
+    from crdiff_search.objectives.base import Objective
+    from crdiff_search.objectives.composite import CompositeObjective
 
     class Const(Objective):
         name = "const"
@@ -303,11 +304,43 @@ def test_image_values_only_for_mean_of_per_image_objectives():
         def aggregate(self, scores):
             return float(np.median(scores))
 
-    def state(objectives):
-        return WorkerState(None, None, objectives, {}, "cpu", 0.0)
+    names = {"t-const-a": Const, "t-const-b": Const, "t-set": SetMetric, "t-median": Median}
+    for name, cls in names.items():
+        OBJECTIVES.register(name, cls)
+    try:
 
-    per = {"a": np.array([1.0, 3.0]), "b": np.array([0.0, 2.0])}
-    values = state([("a", 1.0, Const()), ("b", -0.5, Const())]).image_values(per)
-    assert values.tolist() == [1.0, 2.0]
-    assert state([("a", 1.0, Const()), ("b", 1.0, SetMetric())]).image_values(per) is None
-    assert state([("a", 1.0, Median())]).image_values(per) is None
+        def composite(*terms):
+            return CompositeObjective(terms=[{"name": n, "weight": w} for n, w in terms])
+
+        per = {"t-const-a": np.array([1.0, 3.0]), "t-const-b": np.array([0.0, 2.0])}
+        both = composite(("t-const-a", 1.0), ("t-const-b", -0.5))
+        assert both.image_values(per).tolist() == [1.0, 2.0]
+        assert both.combine(per) == pytest.approx(1.5)
+        per_set = {"t-const-a": per["t-const-a"], "t-set": np.array([5.0, 5.0])}
+        assert composite(("t-const-a", 1.0), ("t-set", 1.0)).image_values(per_set) is None
+        assert composite(("t-median", 1.0)).image_values({"t-median": per["t-const-a"]}) is None
+    finally:
+        for name in names:
+            OBJECTIVES.unregister(name)
+
+
+def test_relative_objective_from_the_experiment_file_scores_against_dense():
+    """``objective.relative`` makes a term score(image) - score(dense image): the dense row
+    scores 0 and a candidate exactly its plain score minus the dense plain score."""
+    overrides = {"model.steps": 2, "model.device": "cpu", "resolution": "32x32"}
+    plain = load_experiment(None, trials=4, **overrides)
+    relative = load_experiment(None, trials=4, **overrides, **{"objective.relative": ["scene"]})
+    assert "relative" in relative.to_dict()["objective"]
+    assert ExperimentConfig.from_toml(relative.to_toml()).objective.relative == ("scene",)
+    prompts, seeds = ["a red circle", "two blue squares"], [11, 12]
+    cand = {"trial_id": "t1", "ratios": {"down": 0.3, "mid": 0.3, "up": 0.5}}
+    spec = task_spec(relative, prompts, seeds)
+    assert spec.relative and [t.label for t in spec.terms] == ["scene_rel"]
+    (dense_rel,) = evaluate_candidate(spec, None, (1.0,))
+    (cand_rel,) = evaluate_candidate(spec, cand, (1.0,))
+    plain_spec = task_spec(plain, prompts, seeds)
+    (dense_plain,) = evaluate_candidate(plain_spec, None, (1.0,))
+    (cand_plain,) = evaluate_candidate(plain_spec, cand, (1.0,))
+    assert dense_rel["score"] == 0.0 and "obj.scene_rel" in cand_rel
+    assert cand_rel["score"] == pytest.approx(cand_plain["score"] - dense_plain["score"], abs=1e-12)
+    assert cand_plain["score"] != dense_plain["score"]  # the check above would be empty otherwise

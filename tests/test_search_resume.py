@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from objectives import register_objective
-from objectives.base import Objective
+from crdiff_search.objectives import register_objective
+from crdiff_search.objectives.base import Objective
 
 REPO = Path(__file__).resolve().parent.parent
 BUDGET = 6
@@ -126,7 +125,8 @@ def test_sigkill_then_resume(tmp_path):
     assert second.returncode == 0, log
 
     table = pd.read_parquet(out / "trials.parquet")
-    assert len(table) == BUDGET, table
+    shown = table[["trial_id", "trial_index", "state", "attempts", "error"]].to_string()
+    assert len(table) == BUDGET, shown + "\n" + log
     assert sorted(table["trial_index"]) == list(range(BUDGET))
     assert table["trial_id"].is_unique
     assert (table["state"] == "COMPLETE").all(), table[["trial_index", "state", "error"]]
@@ -170,3 +170,32 @@ def test_sigkill_then_resume(tmp_path):
         if run.data.tags.get(KIND_TAG) == "trial":
             assert run.info.status == "FINISHED", run.data.tags
             assert "score" in run.data.metrics and "ratio.down" in run.data.params
+
+
+def test_trial_a_killed_driver_left_running_is_taken_over_by_its_index(tmp_path):
+    """A driver killed between writing a trial's RUNNING row and saving Tune's state: on
+    resume the trial comes back under a new id with the same index, and the table keeps one
+    row for it (the budget's count stays exact)."""
+    from types import SimpleNamespace
+
+    from crdiff_search.runner.table import TrialTable
+
+    def trial(trial_id, index):
+        return SimpleNamespace(
+            trial_id=trial_id, experiment_tag=f"{index + 1}_down=0.1", config={"down": 0.1}
+        )
+
+    path = tmp_path / "trials.parquet"
+    first = TrialTable(path, groups=["down"], sampler="anneal", seed=0, n_chunks=1, budget=3)
+    first.setup()
+    first.on_trial_start(0, [], trial("a", 0))
+    first.on_trial_complete(
+        0, [], SimpleNamespace(**vars(trial("a", 0)), last_result={"score": 1.0, "chunk": 1})
+    )
+    first.on_trial_start(0, [], trial("b", 1))  # then the driver dies
+    resumed = TrialTable(path, groups=["down"], sampler="anneal", seed=0, n_chunks=1, budget=3)
+    resumed.setup()
+    resumed.on_trial_start(0, [], trial("c", 1))
+    table = pd.read_parquet(path)
+    assert table["trial_id"].tolist() == ["a", "c"]
+    assert table["state"].tolist() == ["COMPLETE", "RUNNING"]

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 import torch
+from crdiff_search.objectives.scene import SceneObjective
 from PIL import Image, ImageDraw
 
 from crdiff_search.errors import UsageError
 from crdiff_search.testbed.scenes import render, sample_captions
-from objectives.scene import SceneObjective
 
 # A fixed seeded validation set: rendered ground truth must be read back exactly.
 VALIDATION_SIZES = [(32, 32), (48, 48), (64, 64), (64, 32)]

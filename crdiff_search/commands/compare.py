@@ -115,7 +115,7 @@ def _compare(args: argparse.Namespace) -> int:
     if not 0.0 < args.share <= 1.0:
         raise UsageError(f"--share must be in (0, 1], got {args.share}")
     if args.report_only:
-        from analysis.compare import build_report
+        from crdiff_search.analysis.compare import build_report
 
         path = build_report(args.report_only, share=args.share)
         print(f"report: {path}")

@@ -49,7 +49,7 @@ def _folders(sources: list[str]) -> tuple[list[Path], Path | None]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from analysis.repair_map import build_map, format_markdown, write_map
+    from crdiff_search.analysis.repair_map import build_map, format_markdown, write_map
     from crdiff_search.errors import UsageError
     from crdiff_search.model_info import training_resolution
     from crdiff_search.rerank import load_study

@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
         group_table,
         parse_ratios,
     )
-    from search_spaces.selection import normalize_include
+    from crdiff_search.search_spaces.selection import normalize_include
 
     # Everything checkable without the model is checked before loading it.
     if args.partition not in GRANULARITIES:
@@ -78,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from crdiff_search.models import load_denoiser
     from crdiff_search.pruning import Pruner
-    from search_spaces import build_partition
+    from crdiff_search.search_spaces import build_partition
 
     model = load_denoiser(args.model, dtype=args.dtype, device=args.device)
     partition = build_partition(model, args.partition, include=include, n_groups=args.n_groups)

@@ -85,7 +85,7 @@ class Pruner:
 
             model = denoiser_of(model)
         if isinstance(partition, str):
-            from search_spaces import build_partition
+            from crdiff_search.search_spaces import build_partition
 
             partition = build_partition(model, partition)
         self.model = model

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crdiff_search import records
 from crdiff_search.config import ExperimentConfig
 from crdiff_search.errors import UsageError
 from crdiff_search.model_info import check_model, group_names
+from crdiff_search.runner.spec import TrackingTarget, WorkerSpec
 from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, STUDY_FILE, TABLE_FILE
 
 
@@ -44,61 +46,13 @@ def _ray_env(concurrency: int) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 
-def _absolute_source(source: str) -> str:
-    local = Path(source).expanduser()
-    return str(local.resolve()) if source != "testbed" and local.exists() else source
-
-
-def _settings(config: ExperimentConfig, groups, completed, tracking) -> dict[str, Any]:
-    from crdiff_search.runner.worker import plugin_paths
-
-    data = config.to_dict()
-    data["model"]["source"] = _absolute_source(config.model.source)
-    return {
-        "config": data,
-        "groups": list(groups),
-        "prompts": config.prompt_list(),
-        "seeds": config.seed_list(),
-        "chunks": config.chunks(),
-        "width": config.width,
-        "height": config.height,
-        "mode": config.objective.mode,
-        "completed": completed,
-        "tracking": tracking,
-        "plugin_paths": plugin_paths(config.plugins),
-    }
-
-
 def _completed_rows(table_path: Path, groups) -> dict[str, dict]:
     """Trials already finished in an earlier run of the driver, keyed by trial id."""
     if not table_path.is_file():
         return {}
     import pandas as pd
 
-    frame = pd.read_parquet(table_path)
-    out = {}
-    for row in frame[frame["state"] == "COMPLETE"].to_dict("records"):
-        metrics = {
-            k: v
-            for k, v in row.items()
-            if k not in ("trial_id", "trial_index", "state", "error", "sampler", "seed", "attempts")
-            and _plain_number(v)
-        }
-        for key in ("started_at", "finished_at"):
-            if row.get(key) is not None and not pd.isna(row[key]):
-                metrics[key] = pd.Timestamp(row[key]).timestamp()
-        for key in ("chunk", "worker_pid", "worker_loads", "n_images"):
-            if key in metrics:
-                metrics[key] = int(metrics[key])
-        out[str(row["trial_id"])] = {
-            "ratios": {g: float(row[f"ratio.{g}"]) for g in groups},
-            "metrics": metrics,
-        }
-    return out
-
-
-def _plain_number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+    return records.completed_trials(pd.read_parquet(table_path), groups)
 
 
 def _study_id(out: Path, config: ExperimentConfig, resume: bool) -> str:
@@ -117,22 +71,31 @@ def _search_alg(config: ExperimentConfig, groups):
     from optuna.distributions import FloatDistribution
     from ray.tune.search.optuna import OptunaSearch
 
-    from crdiff_search.samplers import create_sampler
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The dense point (all ratios 0) may lie below the search range on purpose.
     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     space = {g: FloatDistribution(*config.ratios.bounds(g)) for g in groups}
-    sampler = create_sampler(
-        config.search.sampler, seed=config.search.seed, **dict(config.search.sampler_options)
-    )
     return OptunaSearch(
         space,
         metric="score",
         mode=config.objective.mode,
-        sampler=sampler,
+        sampler=build_sampler(config),
         points_to_evaluate=[dict.fromkeys(groups, 0.0)],  # trial 0: the dense model
     )
+
+
+def build_sampler(config: ExperimentConfig):
+    """The study's Optuna sampler; a bad option value is a usage error naming the option."""
+    from crdiff_search.samplers import create_sampler
+
+    try:
+        return create_sampler(
+            config.search.sampler, seed=config.search.seed, **dict(config.search.sampler_options)
+        )
+    except UsageError as exc:
+        raise UsageError(f"search.sampler_options: {exc}") from None
+    except TypeError as exc:
+        raise UsageError(f"search.sampler_options for {config.search.sampler!r}: {exc}") from None
 
 
 def _scheduler(config: ExperimentConfig):
@@ -166,6 +129,7 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
         raise UsageError(
             f"the {config.partition.granularity!r} partition of the model has no groups"
         )
+    build_sampler(config)  # its option values, checked before Ray starts
     prompts = config.prompt_list()
     summary = {
         "study": config.study,
@@ -261,18 +225,20 @@ def run_study(
             },
             config_text=config.to_toml(),
         )
-        tracking = {"uri": uri, "experiment": config.tracking_experiment, "parent_run_id": parent}
+        tracking = TrackingTarget(uri, config.tracking_experiment, parent)
 
     _ray_env(config.search.concurrency)
     need = math.ceil(config.search.concurrency * config.resources.cpu)
     started_ray = start_ray(address, num_cpus=max(os.cpu_count() or 1, need))
 
-    completed = _completed_rows(table_path, groups) if resume else {}
-    settings = _settings(config, groups, completed, tracking)
-    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
-    trainable = tune.with_resources(
-        tune.with_parameters(PruningTrainable, settings=settings), resources
+    spec = WorkerSpec.from_config(
+        config,
+        groups=tuple(groups),
+        tracking=tracking,
+        completed=_completed_rows(table_path, groups) if resume else {},
     )
+    resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
+    trainable = tune.with_resources(tune.with_parameters(PruningTrainable, spec=spec), resources)
     status = "FAILED"
     try:
         if resume:
@@ -322,8 +288,8 @@ def run_study(
         if status == "FINISHED" and finished < config.search.trials:
             status = "KILLED"  # interrupted: --resume continues it
         if tracker is not None:
-            _reconcile_tracking(tracker, tracking["parent_run_id"], table_path, groups)
-            _finish_tracking(tracker, tracking["parent_run_id"], result, status)
+            _reconcile_tracking(tracker, tracking.parent_run_id, table_path, groups)
+            _finish_tracking(tracker, tracking.parent_run_id, result, status)
     return result
 
 
@@ -346,20 +312,14 @@ def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
             trial_id = str(row["trial_id"])
             if statuses.get(trial_id) == "FINISHED":
                 continue
-            numbers = {k: v for k, v in row.items() if _plain_number(v)}
-            metrics = {
-                k: v
-                for k, v in numbers.items()
-                if k in ("score", "score_delta", "sparsity", "n_images")
-                or k.startswith(("score.", "sparsity."))
-            }
-            timings = {k: v for k, v in numbers.items() if k.startswith("t_")}
             tracker.log_trial(
                 parent,
                 trial_id,
-                params={f"ratio.{g}": float(row[f"ratio.{g}"]) for g in groups},
-                metrics=metrics,
-                timings=timings,
+                params={
+                    records.ratio_column(g): r for g, r in records.ratios_of(row, groups).items()
+                },
+                metrics=records.mlflow_metrics(row),
+                timings=records.mlflow_timings(row),
                 state="COMPLETE",
                 tags={"crdiff.logged_by": "driver"},
             )
@@ -386,11 +346,9 @@ def summarize(
     done = frame[(frame["state"] == "COMPLETE") & frame["score"].notna()]
     dense = done[done["trial_index"] == 0]
     dense_score = float(dense["score"].iloc[0]) if len(dense) else float("nan")
-    if len(done):
-        best = done.sort_values(
-            ["score", "trial_index"], ascending=[config.objective.mode == "min", True]
-        ).iloc[0]
-        best_ratios = {g: float(best[f"ratio.{g}"]) for g in groups}
+    best = records.best_completed(frame, config.objective.mode) if len(frame) else None
+    if best is not None:
+        best_ratios = records.ratios_of(best, groups)
         best_score, best_id = float(best["score"]), str(best["trial_id"])
     else:
         best_ratios, best_score, best_id = {}, float("nan"), ""
@@ -401,7 +359,7 @@ def summarize(
         best_score=best_score,
         dense_score=dense_score,
         best_trial_id=best_id,
-        parent_run_id=tracking["parent_run_id"] if tracking else None,
+        parent_run_id=tracking.parent_run_id if tracking else None,
         n_trials=len(frame),
         states=states,
     )

@@ -14,34 +14,9 @@ from typing import Any
 import pandas as pd
 from ray import tune
 
-METRIC_COLUMNS = (
-    "score",
-    "score_delta",
-    "sparsity",
-    "n_images",
-    "t_prune",
-    "t_generate",
-    "t_score",
-    "t_total",
-)
-EXTRA_COLUMNS = ("t_restore", "t_load", "chunk", "worker_pid", "worker_loads", "attempts")
-STATES = ("COMPLETE", "FAILED", "PRUNED", "RUNNING")
-
-
-def table_columns(groups: Sequence[str]) -> list[str]:
-    return [
-        "trial_id",
-        "trial_index",
-        "state",
-        *[f"ratio.{g}" for g in groups],
-        *METRIC_COLUMNS,
-        "error",
-        "sampler",
-        "seed",
-        "started_at",
-        "finished_at",
-        *EXTRA_COLUMNS,
-    ]
+from crdiff_search import records
+from crdiff_search.records import ratio_column, table_columns
+from crdiff_search.runner.spec import TrackingTarget
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
@@ -89,7 +64,7 @@ class TrialTable(tune.Callback):
         budget: int,
         mode: str = "max",
         progress: bool = True,
-        tracking: Mapping[str, str] | None = None,
+        tracking: TrackingTarget | None = None,
     ):
         self.path = Path(path)
         self.groups = list(groups)
@@ -99,7 +74,7 @@ class TrialTable(tune.Callback):
         self.budget = budget
         self.mode = mode
         self.progress = progress
-        self.tracking = dict(tracking) if tracking else None
+        self.tracking = tracking
         self.rows: dict[str, dict[str, Any]] = {}
         self._tracker = None
 
@@ -113,10 +88,16 @@ class TrialTable(tune.Callback):
     def _row(self, trial) -> dict[str, Any]:
         row = self.rows.get(trial.trial_id)
         if row is None:
+            index = trial_index(trial)
+            # A trial a killed driver had started but not saved in Tune's state comes back
+            # under a new id with the same index: its unfinished row is that trial's.
+            for old_id, old in list(self.rows.items()):
+                if old.get("trial_index") == index and old.get("state") == "RUNNING":
+                    del self.rows[old_id]
             row = dict.fromkeys(table_columns(self.groups))
             row.update(
                 trial_id=trial.trial_id,
-                trial_index=trial_index(trial),
+                trial_index=index,
                 state="RUNNING",
                 sampler=self.sampler,
                 seed=self.seed,
@@ -124,37 +105,22 @@ class TrialTable(tune.Callback):
                 error="",
             )
             for g in self.groups:
-                row[f"ratio.{g}"] = float(trial.config.get(g, 0.0))
+                row[ratio_column(g)] = float(trial.config.get(g, 0.0))
             self.rows[trial.trial_id] = row
         return row
 
     def _fill(self, row: dict, result: Mapping[str, Any] | None) -> None:
         if not result:
             return
-        for key in (*METRIC_COLUMNS, *EXTRA_COLUMNS):
-            if key in result and key != "attempts":
+        for key in records.result_columns():
+            if key in result:
                 row[key] = result[key]
         for key in ("started_at", "finished_at"):
             if isinstance(result.get(key), int | float):
                 row[key] = pd.Timestamp(result[key], unit="s", tz="UTC")
 
     def write(self) -> None:
-        cols = table_columns(self.groups)
-        frame = pd.DataFrame(
-            [{c: r.get(c) for c in cols} for r in self.rows.values()], columns=cols
-        )
-        frame = frame.sort_values("trial_index", kind="stable").reset_index(drop=True)
-        for c in ("started_at", "finished_at"):
-            frame[c] = pd.to_datetime(frame[c], utc=True)
-        floats = [c for c in METRIC_COLUMNS if c != "n_images"]
-        for c in (*floats, "t_restore", "t_load", *[f"ratio.{g}" for g in self.groups]):
-            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
-        for c in ("trial_index", "seed", "attempts"):
-            frame[c] = frame[c].astype("int64")
-        for c in ("n_images", "chunk", "worker_pid", "worker_loads"):
-            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
-        for c in ("trial_id", "state", "error", "sampler"):
-            frame[c] = frame[c].fillna("").astype(str)
+        frame = records.to_frame(self.rows.values(), self.groups)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
         frame.to_parquet(tmp, index=False)
@@ -198,16 +164,14 @@ class TrialTable(tune.Callback):
 
     # ---- summaries
     def best(self) -> dict[str, Any] | None:
-        done = [r for r in self.rows.values() if r["state"] == "COMPLETE" and _finite(r["score"])]
-        if not done:
+        if not self.rows:
             return None
-        sign = 1.0 if self.mode == "max" else -1.0
-        return max(done, key=lambda r: (sign * float(r["score"]), -int(r["trial_index"])))
+        return records.best_completed(pd.DataFrame(list(self.rows.values())), self.mode)
 
     def _report(self, row: Mapping[str, Any]) -> None:
         if not self.progress:
             return
-        finished = sum(r["state"] in ("COMPLETE", "FAILED", "PRUNED") for r in self.rows.values())
+        finished = sum(r["state"] in records.DONE_STATES for r in self.rows.values())
         if row["state"] == "FAILED":
             line = f"trial {row['trial_index']} FAILED: {row['error']}"
         else:
@@ -217,7 +181,9 @@ class TrialTable(tune.Callback):
             )
         best = self.best()
         if best is not None:
-            ratios = " ".join(f"{g}={float(best[f'ratio.{g}']):.3f}" for g in self.groups)
+            ratios = " ".join(
+                f"{g}={r:.3f}" for g, r in records.ratios_of(best, self.groups).items()
+            )
             line += (
                 f" | best {_fmt(best['score'])} ({_fmt(best['score_delta'], sign=True)}) "
                 f"trial {best['trial_index']}: {ratios}"
@@ -231,11 +197,11 @@ class TrialTable(tune.Callback):
             from crdiff_search.tracking import StudyTracker
 
             if self._tracker is None:
-                self._tracker = StudyTracker(self.tracking["uri"], self.tracking["experiment"])
+                self._tracker = StudyTracker(self.tracking.uri, self.tracking.experiment)
             self._tracker.log_trial(
-                self.tracking["parent_run_id"],
+                self.tracking.parent_run_id,
                 trial.trial_id,
-                params={f"ratio.{g}": row[f"ratio.{g}"] for g in self.groups},
+                params={ratio_column(g): row[ratio_column(g)] for g in self.groups},
                 state="FAILED",
                 error=row["error"],
             )

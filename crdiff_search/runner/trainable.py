@@ -21,11 +21,12 @@ import numpy as np
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from crdiff_search import records
 from crdiff_search.runner import worker
+from crdiff_search.runner.spec import WorkerSpec, slice_scores
 
 log = logging.getLogger(__name__)
 
-TIMINGS = ("t_prune", "t_generate", "t_score", "t_restore")
 CHECKPOINT_FILE = "trial_state.json"
 TRACKING_FLUSH_S = 120.0
 
@@ -41,11 +42,13 @@ def same_ratios(a: Mapping[str, float], b: Mapping[str, float]) -> bool:
 class PruningTrainable(tune.Trainable):
     """Scores one ``{group: ratio}`` candidate per trial; see the module docstring."""
 
-    def setup(self, config: dict, settings: dict | None = None) -> None:
+    def setup(self, config: dict, spec: WorkerSpec | None = None) -> None:
         # Loading happens in the first step, not here: Tune hands a trial whose actor is still
         # starting to any actor that frees up and discards the starting one, so a slow setup
         # would keep the study at one live worker whenever loading outlasts a trial.
-        self._settings = settings
+        if spec is None:
+            raise TypeError("PruningTrainable needs its WorkerSpec: tune.with_parameters(spec=...)")
+        self._spec = spec
         self._state = None
         self._t_load = 0.0
         self._tracker = None
@@ -55,29 +58,28 @@ class PruningTrainable(tune.Trainable):
         if self._state is not None:
             return
         t0 = time.perf_counter()
-        self._state, loaded = worker.worker_state(self._settings)
+        self._state, loaded = worker.worker_state(self._spec)
         if loaded and not self._is_dense():
             # This worker's dense baseline, measured with its load rather than inside the
             # trial's time (the dense trial itself fills it in where it runs).
-            self._state.ensure_dense(self._settings)
+            self._state.ensure_dense(self._spec)
         self._t_load = time.perf_counter() - t0 if loaded else 0.0
         self._started_at = time.time()
 
     def _is_dense(self) -> bool:
-        return all(r == 0.0 for r in self._ratios.values())
+        return records.is_dense(self._ratios)
 
     # ---- trial life cycle
     def _begin(self, config: Mapping[str, Any]) -> None:
-        groups = self._settings["groups"]
-        self._ratios = ratios_of(config, groups)
+        self._ratios = ratios_of(config, self._spec.groups)
         self._chunk = 0
         self._scores: dict[str, list[float]] = {}
-        self._timings = dict.fromkeys(TIMINGS, 0.0)
+        self._timings = dict.fromkeys(records.PHASE_TIMINGS, 0.0)
         self._applied = False
         self._images: list = []
         self._started_at = time.time()
         self._replay = None
-        done = self._settings.get("completed", {}).get(self.trial_id)
+        done = self._spec.completed.get(self.trial_id)
         if done is not None and same_ratios(done["ratios"], self._ratios):
             self._replay = done["metrics"]
 
@@ -140,21 +142,20 @@ class PruningTrainable(tune.Trainable):
             raise
 
     def _step(self) -> dict:
-        settings, state = self._settings, self._state
-        chunks = settings["chunks"]
+        spec, state = self._spec, self._state
         is_dense = self._is_dense()
-        if self._chunk == 0 and not is_dense and state.dense_scores is None:
-            state.ensure_dense(settings)  # baseline of this worker, before any masks go in
+        if self._chunk == 0 and not is_dense and state.dense_scores(spec) is None:
+            state.ensure_dense(spec)  # baseline of this worker, before any masks go in
         if not self._applied and not is_dense:
             t0 = time.perf_counter()
             state.pruner.apply_(self._ratios)
             self._timings["t_prune"] += time.perf_counter() - t0
             self._applied = True
-        start, stop = chunks[self._chunk]
+        start, stop = spec.chunks[self._chunk]
         t0 = time.perf_counter()
-        images = state.generate(settings, start, stop)
+        images = state.generate(spec, start, stop)
         t1 = time.perf_counter()
-        parts = state.score(images, settings["prompts"][start:stop])
+        parts = state.score(images, spec.prompts[start:stop])
         t2 = time.perf_counter()
         self._timings["t_generate"] += t1 - t0
         self._timings["t_score"] += t2 - t1
@@ -163,20 +164,24 @@ class PruningTrainable(tune.Trainable):
         if len(self._images) < 8:
             self._images.extend(images[: 8 - len(self._images)])
         self._chunk += 1
-        done = self._chunk == len(chunks)
+        done = self._chunk == len(spec.chunks)
         n = stop
         cumulative = {k: np.asarray(v) for k, v in self._scores.items()}
-        score = state.combine(cumulative)
         sparsity, per_group = state.sparsity() if self._applied else (0.0, {})
         if done:
             self._restore_weights()
-        if is_dense and done and state.dense_scores is None:
-            state.dense_scores = cumulative
-        dense = state.dense_scores
+        if is_dense and done and state.dense_scores(spec) is None:
+            state.set_dense(spec, cumulative)
+        dense = state.dense_scores(spec)
+        # The dense trial is its own reference (its relative terms are 0 on every chunk).
+        reference = cumulative if is_dense else (slice_scores(dense, n) if dense else None)
+        if reference is None and spec.relative:
+            raise RuntimeError("relative objective terms need the dense scores of this worker")
+        score = state.combine(cumulative, reference)
         if is_dense:
             delta = 0.0
-        elif dense is not None:
-            delta = score - state.combine({k: v[:n] for k, v in dense.items()})
+        elif reference is not None:
+            delta = score - state.combine(reference, reference)
         else:
             delta = float("nan")
         metrics: dict[str, Any] = {
@@ -185,8 +190,8 @@ class PruningTrainable(tune.Trainable):
             "sparsity": float(sparsity),
             "n_images": int(n),
             "chunk": self._chunk,
-            "n_chunks": len(chunks),
-            **{f"ratio.{g}": r for g, r in self._ratios.items()},
+            "n_chunks": len(spec.chunks),
+            **{records.ratio_column(g): r for g, r in self._ratios.items()},
             **{f"sparsity.{g}": v for g, v in per_group.items()},
             **self._timings,
             "t_load": self._t_load,
@@ -195,9 +200,9 @@ class PruningTrainable(tune.Trainable):
             **worker.process_info(),
             "done": done,
         }
-        if len(self._state.objectives) > 1:
-            for name, _, obj in state.objectives:
-                metrics[f"score.{name}"] = float(obj.aggregate(cumulative[name]))
+        if len(spec.terms) > 1 or spec.relative:
+            for label, value in state.term_values(cumulative, reference).items():
+                metrics[f"score.{label}"] = value
         # Wall time of the trial so far (without the worker's one-time load).
         metrics["t_total"] = metrics["finished_at"] - self._started_at
         if done:
@@ -208,31 +213,27 @@ class PruningTrainable(tune.Trainable):
     def _track(self, metrics: dict, is_dense: bool) -> None:
         """Queue the trial's child run on the tracker's background thread: the next trial
         starts while MLflow writes (one thread, so writes keep their order)."""
-        tracking = self._settings.get("tracking")
-        if not tracking:
+        tracking = self._spec.tracking
+        if tracking is None:
             return
         try:
             from crdiff_search.tracking import StudyTracker
 
             if self._tracker is None:
-                self._tracker = StudyTracker(tracking["uri"], tracking["experiment"])
+                self._tracker = StudyTracker(tracking.uri, tracking.experiment)
             state = self._state
             improved = state.best_local is None or _better(
-                metrics["score"], state.best_local, self._settings["mode"]
+                metrics["score"], state.best_local, self._spec.mode
             )
             if improved:
                 state.best_local = metrics["score"]
-            timings = {k[2:]: metrics[k] for k in (*TIMINGS, "t_load", "t_total")}
-            keep = ("score", "score_delta", "sparsity", "n_images")
-            run_metrics = {k: metrics[k] for k in keep}
-            run_metrics.update(
-                {k: v for k, v in metrics.items() if k.startswith(("sparsity.", "score."))}
-            )
-            captions = self._settings["prompts"][: len(self._images)]
+            timings = records.mlflow_timings(metrics)
+            run_metrics = records.mlflow_metrics(metrics)
+            captions = list(self._spec.prompts[: len(self._images)])
             self._tracker.log_trial_async(
-                tracking["parent_run_id"],
+                tracking.parent_run_id,
                 self.trial_id,
-                params={f"ratio.{g}": r for g, r in self._ratios.items()},
+                params={records.ratio_column(g): r for g, r in self._ratios.items()},
                 metrics=run_metrics,
                 timings=timings,
                 images=self._images if (improved or is_dense) else None,
@@ -242,7 +243,7 @@ class PruningTrainable(tune.Trainable):
             if is_dense:
                 self._tracker.submit(
                     self._tracker.log_dense_baseline,
-                    tracking["parent_run_id"],
+                    tracking.parent_run_id,
                     {"score": metrics["score"]},
                     self._images,
                     captions,

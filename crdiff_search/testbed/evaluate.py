@@ -28,8 +28,8 @@ def standard_sizes() -> list[tuple[int, int]]:
 def ground_truth_exact(width: int, height: int, *, n: int = GROUND_TRUTH_CAPTIONS) -> float:
     """Share of ``n`` rendered scenes at this size that the ``scene`` objective reads exactly:
     how far its score can be trusted there (fixed captions and layouts)."""
+    from crdiff_search.objectives.scene import SceneObjective
     from crdiff_search.testbed.scenes import render, sample_captions
-    from objectives.scene import SceneObjective
 
     captions = sample_captions(n, GROUND_TRUTH_SEED)
     images = [render(c, width, height, seed=1000 + i) for i, c in enumerate(captions)]
@@ -54,8 +54,8 @@ def evaluate(
     """
     from crdiff_search import testbed
     from crdiff_search.models import generate_images
+    from crdiff_search.objectives.scene import SceneObjective
     from crdiff_search.testbed.scenes import sample_captions
-    from objectives.scene import SceneObjective
 
     if n_prompts < 1:
         raise UsageError(f"--prompts must be >= 1, got {n_prompts}")
