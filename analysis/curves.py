@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from crdiff_search.analysis.table import running_best
 
+from crdiff_search.analysis.table import running_best
 from crdiff_search.errors import UsageError
 
 # axis name -> (tidy table column, order the trials are taken in, label)

@@ -16,8 +16,9 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from crdiff_search.analysis.stats import final_best
 from scipy import stats
+
+from crdiff_search.analysis.stats import final_best
 
 
 def has_early_stopping(table: pd.DataFrame) -> bool:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
+
 from crdiff_search.analysis.curves import AXES
 from crdiff_search.analysis.table import RATIO_PREFIX, ratio_columns
-from matplotlib.figure import Figure
 
 DPI = 80
 MAX_LANDSCAPE_GROUPS = 4

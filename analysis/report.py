@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
 from crdiff_search.analysis import plots
 from crdiff_search.analysis.curves import AXES, curve_bands
 from crdiff_search.analysis.early_stopping import early_stopping_summary, has_early_stopping

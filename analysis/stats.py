@@ -16,10 +16,10 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from crdiff_search.analysis.table import ratio_columns, running_best
 from scipy import stats
 
 from crdiff_search import records
+from crdiff_search.analysis.table import ratio_columns, running_best
 
 
 def final_best(table: pd.DataFrame, *, maximize: bool = True) -> pd.DataFrame:

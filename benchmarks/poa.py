@@ -65,11 +65,10 @@ def run_variant(variant: str, *, latent: int, batch: int, steps: int, warmup: in
     unet = unet_from_config(sd15_unet_config(), seed=0)
     combine = None
     if variant in ("poa", "poa2"):
-        from crdiff_search.search_spaces import build_partition
-
         from crdiff_search.apply import dense_tensors_of
         from crdiff_search.poa import PrunedOutputAmplifier
         from crdiff_search.pruning import Pruner
+        from crdiff_search.search_spaces import build_partition
 
         pruner = Pruner(unet, build_partition(unet, "paper"), cache="none").apply_(RATIOS)
         amp = PrunedOutputAmplifier(
@@ -82,9 +81,8 @@ def run_variant(variant: str, *, latent: int, batch: int, steps: int, warmup: in
     elif variant == "twin":
         import copy
 
-        from crdiff_search.search_spaces import build_partition
-
         from crdiff_search.pruning import Pruner
+        from crdiff_search.search_spaces import build_partition
 
         pruned = copy.deepcopy(unet)
         pruner = Pruner(pruned, build_partition(pruned, "paper"), cache="none").apply_(RATIOS)

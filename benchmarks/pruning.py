@@ -113,11 +113,11 @@ def timed(fn):
 
 
 def run(args) -> dict:
-    from crdiff_search.search_spaces import build_partition
     from diffusers import UNet2DConditionModel
 
     from crdiff_search import testing
     from crdiff_search.pruning import Pruner
+    from crdiff_search.search_spaces import build_partition
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -119,11 +119,11 @@ def evaluate_candidate(cfg, ratios: dict[str, float] | None, plan_size: int = 0)
     """One candidate the one-off way: load the pipeline and the scorer, build the pruning
     masks, generate, score. ``ratios=None`` draws candidate ``plan_size - 1`` of the plan."""
     import torch
-    from crdiff_search.search_spaces import build_partition
 
     from crdiff_search import objectives
     from crdiff_search.models import denoiser_of, generate_images, load_pipeline
     from crdiff_search.pruning import Pruner
+    from crdiff_search.search_spaces import build_partition
 
     torch.set_grad_enabled(False)
     prompts, seeds = cfg.prompt_list(), cfg.seed_list()

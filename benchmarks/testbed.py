@@ -20,10 +20,9 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 
 def main() -> None:
-    from crdiff_search.objectives.scene import SceneObjective
-
     from crdiff_search import testbed
     from crdiff_search.models import generate_images
+    from crdiff_search.objectives.scene import SceneObjective
     from crdiff_search.resolution import parse_resolution
     from crdiff_search.testbed.scenes import sample_captions
 

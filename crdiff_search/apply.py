@@ -11,6 +11,8 @@ Example::
 
 from __future__ import annotations
 
+import warnings
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,18 +33,40 @@ class AppliedRecipe:
     w: float
 
 
+class ModelRevisionWarning(UserWarning):
+    """A recipe applied to weights other than those it was searched on."""
+
+
+_REVISIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_revision(denoiser, recipe: Recipe, *, strict: bool) -> None:
+    from crdiff_search.recipe import REVISION_PREFIX, RecipeIntegrityError, model_revision
+
+    wanted = recipe.model_revision
+    if not wanted or not wanted.startswith(REVISION_PREFIX):
+        return  # no revision, or one of another kind (not comparable)
+    have = _REVISIONS.get(denoiser)
+    if have is None:
+        have = _REVISIONS[denoiser] = model_revision(denoiser)
+    if have == wanted:
+        return
+    message = (
+        f"the recipe for {recipe.model} was searched on weights {wanted[:32]}..., but this "
+        f"{type(denoiser).__name__} has {have[:32]}...: its ratios may not carry over "
+        "(another checkpoint or a fine-tune)"
+    )
+    if strict:
+        raise RecipeIntegrityError(message)
+    warnings.warn(message, ModelRevisionWarning, stacklevel=4)
+
+
 def make_pruner(denoiser, recipe: Recipe):
     """A ``Pruner`` over the recipe's partition (no per-model sort cache: generation prunes once)."""
     from crdiff_search.pruning import Pruner
-    from crdiff_search.search_spaces import build_partition
 
     spec = recipe.partition
-    partition = build_partition(
-        denoiser,
-        spec.granularity,
-        include=list(spec.include) if spec.include is not None else None,
-        n_groups=spec.n_groups,
-    )
+    partition = spec.build(denoiser)
     missing = sorted(set(recipe.ratios) - set(partition.groups))
     if missing:
         raise UsageError(
@@ -73,6 +97,7 @@ def apply_recipe(
     poa_window=None,
     pruner=None,
     poa_batched: bool | str = "auto",
+    check_revision: bool | str = True,
 ) -> Iterator[AppliedRecipe]:
     """Prune ``pipe``'s denoiser by ``recipe`` and amplify with POA while the block runs.
 
@@ -82,6 +107,12 @@ def apply_recipe(
     activation memory), as two forwards (``False``), or the first at small batches only
     (``"auto"``, see :mod:`crdiff_search.poa`). On exit the
     denoiser's weights and ``forward`` are the dense ones again, bit for bit.
+
+    ``check_revision`` compares the recipe's ``model_revision`` with the denoiser's weights
+    (:func:`~crdiff_search.recipe.model_revision`; hashed once per model object): a mismatch
+    warns (:class:`ModelRevisionWarning`: the recipe was searched on other weights), raises
+    :class:`~crdiff_search.recipe.RecipeIntegrityError` with ``"error"``, and is skipped with
+    ``False``. A recipe without a comparable revision is applied as is.
     """
     from crdiff_search.models import denoiser_of
 
@@ -90,6 +121,8 @@ def apply_recipe(
     w = check_weight(recipe.poa_w if poa_w is None else poa_w)
     window = recipe.poa_window if poa_window is None else poa_window
     denoiser = denoiser_of(pipe)
+    if check_revision:
+        _check_revision(denoiser, recipe, strict=check_revision == "error")
     pruner = pruner if pruner is not None else make_pruner(denoiser, recipe)
     pruner.apply_(recipe.ratios)
     try:

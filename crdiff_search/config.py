@@ -32,6 +32,7 @@ from typing import Any
 
 from crdiff_search.errors import UsageError
 from crdiff_search.names import DTYPES, GRANULARITIES, KINDS, SCHEDULERS
+from crdiff_search.recipe import PartitionSpec
 from crdiff_search.resolution import parse_resolution
 from crdiff_search.testbed import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
@@ -110,27 +111,19 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True)
-class PartitionSpec:
-    """How the denoiser's weights are grouped, and how a group's weights are ranked."""
+class PartitionSection:
+    """The experiment's ``[partition]`` table: how the denoiser's weights are grouped (as the
+    file spells it: an empty ``include`` and ``n_groups = 0`` are unset) and how a group's
+    weights are ranked. :attr:`spec` is the partition itself, as recipes hold it."""
 
     granularity: str = "paper"
     include: tuple[str, ...] = ()  # empty: the partition's default rule
     n_groups: int = 0  # 0: the granularity's own number of groups
     criterion: str = "magnitude"
 
-    def recipe_partition(self) -> dict[str, Any]:
-        """The partition as recipes and ``build_partition`` spell it (unset is ``None``)."""
-        return recipe_partition(dataclasses.asdict(self))
-
-
-def recipe_partition(part: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"granularity", "include", "n_groups"}`` from an experiment's ``[partition]`` table
-    (or its dict form on a worker): an empty include and ``n_groups = 0`` become ``None``."""
-    return {
-        "granularity": part.get("granularity", "paper"),
-        "include": list(part.get("include") or ()) or None,
-        "n_groups": part.get("n_groups") or None,
-    }
+    @property
+    def spec(self) -> PartitionSpec:
+        return PartitionSpec(self.granularity, tuple(self.include) or None, self.n_groups or None)
 
 
 @dataclass(frozen=True)
@@ -199,7 +192,7 @@ _SECTIONS = {
     "model": ModelSpec,
     "prompts": PromptSpec,
     "objective": ObjectiveSpec,
-    "partition": PartitionSpec,
+    "partition": PartitionSection,
     "ratios": RatioBounds,
     "search": SearchSpec,
     "resources": Resources,
@@ -223,7 +216,7 @@ class ExperimentConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     prompts: PromptSpec = field(default_factory=PromptSpec)
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
-    partition: PartitionSpec = field(default_factory=PartitionSpec)
+    partition: PartitionSection = field(default_factory=PartitionSection)
     ratios: RatioBounds = field(default_factory=RatioBounds)
     search: SearchSpec = field(default_factory=SearchSpec)
     resources: Resources = field(default_factory=Resources)
@@ -588,7 +581,7 @@ def validate(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Experi
         "model": model,
         "prompts": prompts,
         "objective": section("objective", ObjectiveSpec, _objective),
-        "partition": section("partition", PartitionSpec, _partition),
+        "partition": section("partition", PartitionSection, _partition),
         "ratios": section("ratios", RatioBounds, _ratios),
         "search": section("search", SearchSpec, _search),
         "resources": section("resources", Resources, _resources),
@@ -772,7 +765,7 @@ def _objective_mode(names: list[str], mode: Any) -> str:
     return mode
 
 
-def _partition(raw: dict) -> PartitionSpec:
+def _partition(raw: dict) -> PartitionSection:
     include = _expect("partition.include", raw.get("include", []), "list")
     for i, kind in enumerate(include):
         _choice(f"partition.include[{i}]", kind, KINDS)
@@ -781,7 +774,7 @@ def _partition(raw: dict) -> PartitionSpec:
     criterion = _expect("partition.criterion", raw.get("criterion", "magnitude"), "str")
     if not criterion:
         raise UsageError("partition.criterion is empty; e.g. 'magnitude'")
-    return PartitionSpec(
+    return PartitionSection(
         granularity=_choice(
             "partition.granularity", raw.get("granularity", "paper"), GRANULARITIES
         ),

@@ -208,9 +208,8 @@ def group_names(config: ExperimentConfig, info: ModelInfo | None = None) -> tupl
     info = info if info is not None else model_info(config.model.source)
     if info is None:
         return None
-    from crdiff_search.search_spaces import build_partition
 
-    partition = build_partition(meta_denoiser(info), **config.partition.recipe_partition())
+    partition = config.partition.spec.build(meta_denoiser(info))
     return tuple(partition.group_names)
 
 

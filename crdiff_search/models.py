@@ -192,7 +192,7 @@ def load_denoiser(source: str, *, dtype: str = "float32", device: str = "cpu"):
     """The denoiser of ``source``: a bare UNet/transformer folder, or any pipeline source."""
     import json
 
-    from crdiff_search.names import DENOISER_CLASSES
+    from crdiff_search.search_spaces import PARTITIONS
 
     folder = Path(source).expanduser()
     config = folder / "config.json"
@@ -201,10 +201,10 @@ def load_denoiser(source: str, *, dtype: str = "float32", device: str = "cpu"):
             class_name = json.loads(config.read_text()).get("_class_name")
         except (OSError, ValueError) as exc:
             raise UsageError(f"cannot read {config}: {exc}") from exc
-        if class_name not in DENOISER_CLASSES:
+        if class_name not in PARTITIONS:
             raise UsageError(
                 f"{config} describes a {class_name!r}; a bare model folder must hold one of "
-                f"{', '.join(DENOISER_CLASSES)}"
+                f"{', '.join(PARTITIONS)}"
             )
         import diffusers
 

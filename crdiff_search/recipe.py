@@ -118,6 +118,14 @@ class PartitionSpec:
         ):
             raise RecipeError(f"partition n_groups {self.n_groups!r} must be a positive integer")
 
+    def build(self, model):
+        """The :class:`~crdiff_search.search_spaces.Partition` of ``model``'s denoiser."""
+        from crdiff_search.search_spaces import build_partition
+
+        return build_partition(
+            model, self.granularity, include=self.include, n_groups=self.n_groups
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "granularity": self.granularity,
@@ -373,39 +381,32 @@ def utc_now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
-def model_fingerprint(source: str, denoiser=None) -> str | None:
-    """A content hash or revision for the base model.
-
-    For a local folder: ``sha256:`` of the denoiser's safetensors files; for a hub id: the
-    cached snapshot's commit when one is known; otherwise, with ``denoiser`` given, ``sha256:``
-    of its weights (a stable digest of the state dict).
-    """
-    path = Path(source).expanduser()
-    if path.is_dir():
-        files = sorted(
-            p for sub in ("unet", "transformer") for p in (path / sub).glob("*.safetensors")
-        )
-        if files:
-            digest = hashlib.sha256()
-            for file in files:
-                with file.open("rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 20), b""):
-                        digest.update(chunk)
-            return "sha256:" + digest.hexdigest()
-    if denoiser is not None:
-        return "sha256:" + state_dict_digest(denoiser)
-    return None
+REVISION_PREFIX = "weights-fp16-sha256:"
 
 
-def state_dict_digest(module) -> str:
+def model_revision(denoiser) -> str:
+    """The revision of a loaded denoiser's (dense) weights, the one definition recipes store
+    and :func:`~crdiff_search.apply.apply_recipe` compares: ``weights-fp16-sha256:<hex>`` over
+    every tensor's name, shape and values cast to float16, so one checkpoint loaded in float32
+    or float16 has one revision (a bfloat16 load rounds differently and has its own)."""
+    return REVISION_PREFIX + state_dict_digest(denoiser, dtype="float16")
+
+
+def state_dict_digest(module, *, dtype: str | None = None) -> str:
+    """sha256 of a module's state dict (names, shapes, values); ``dtype`` casts floating
+    tensors first (``None``: as stored, the dtype is part of the digest)."""
     import torch
 
+    cast = getattr(torch, dtype) if dtype else None
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach()
+        if cast is not None and t.is_floating_point():
+            t = t.to(cast)
         digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
-        t = tensor.detach().to("cpu").contiguous()
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        t = t.to("cpu").contiguous()
         if t.dtype == torch.bfloat16:
             t = t.view(torch.int16)
         digest.update(t.numpy().tobytes())

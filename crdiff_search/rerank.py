@@ -204,10 +204,10 @@ def evaluate_candidate(spec, candidate: dict[str, Any] | None, weights: Sequence
 
     if candidate is None:
         from crdiff_search.models import denoiser_of
-        from crdiff_search.recipe import state_dict_digest
+        from crdiff_search.recipe import model_revision
 
         row = {"kind": "dense", "trial_id": "dense", "w": None, **measure()}
-        row["model_revision"] = "sha256:" + state_dict_digest(denoiser_of(state.pipe))
+        row["model_revision"] = model_revision(denoiser_of(state.pipe))
         return [row]
     rows = []
     for w in weights:
@@ -216,11 +216,12 @@ def evaluate_candidate(spec, candidate: dict[str, Any] | None, weights: Sequence
             width=spec.width,
             height=spec.height,
             ratios=candidate["ratios"],
-            partition=dict(spec.partition),
+            partition=spec.partition,
             criterion=spec.criterion,
             poa_w=w,
         )
-        with apply_recipe(state.pipe, recipe, pruner=state.pruner):
+        # the recipe is made from this very model: no revision to compare
+        with apply_recipe(state.pipe, recipe, pruner=state.pruner, check_revision=False):
             result = measure()
         rows.append(
             {
@@ -611,7 +612,7 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
     A winner whose held-out verdict is not ``repaired`` (no interval excluding zero, or no
     held-out check at all with ``use_rerank=False``) raises :class:`NullResultError` unless
     ``allow_null``: a null result is not a recipe."""
-    from crdiff_search.recipe import Recipe, model_fingerprint, utc_now
+    from crdiff_search.recipe import Recipe, utc_now
     from crdiff_search.version import code_version
 
     folder = Path(study_dir).resolve()
@@ -665,23 +666,16 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
         scores = {"recipe": best["search_score"], "search": best["search_score"]}
         if not dense.empty:
             scores["dense"] = float(dense["score"].iloc[0])
-        revision, run_id = None, None
+        revision, run_id = None, None  # no model was loaded: its revision is unknown
     if run_id is None:
         run_id = _parent_run_id(config, study_id)
-    if revision is None:
-        weights_dir = source
-        if source == "testbed":
-            from crdiff_search.testbed import WEIGHTS_DIR
-
-            weights_dir = str(WEIGHTS_DIR)
-        revision = model_fingerprint(weights_dir)
     p = config.partition
     return Recipe(
         model=source,
         model_revision=revision,
         width=config.width,
         height=config.height,
-        partition=p.recipe_partition(),
+        partition=p.spec,
         criterion=p.criterion,
         ratios={g: float(r) for g, r in ratios.items() if g in groups or not groups},
         poa_w=float(w),

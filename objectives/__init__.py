@@ -24,9 +24,8 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from crdiff_search.objectives.base import Objective
-
 from crdiff_search.errors import UsageError
+from crdiff_search.objectives.base import Objective
 from crdiff_search.plugins import PluginRegistry
 
 __all__ = [

@@ -182,8 +182,9 @@ def _package_key(key: str) -> str:
 
 def write_tiny_imagereward(folder: str | Path, seed: int = 0) -> dict[str, Path]:
     """ImageReward.pt + med_config.json + a synthetic vocab.txt of a tiny ImageReward."""
-    from crdiff_search.objectives.imagereward import ImageRewardModel
     from transformers import BlipTextConfig, BlipVisionConfig
+
+    from crdiff_search.objectives.imagereward import ImageRewardModel
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from crdiff_search.errors import UsageError
 from crdiff_search.objectives._common import (
     batches,
     check_batch,
@@ -30,8 +32,6 @@ from crdiff_search.objectives._common import (
     to_pil,
 )
 from crdiff_search.objectives.base import Objective
-
-from crdiff_search.errors import UsageError
 
 ENV_CHECKPOINT = "CRDIFF_CLIP_CHECKPOINT"
 

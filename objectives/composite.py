@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from crdiff_search.objectives._common import check_batch
-from crdiff_search.objectives.base import Objective
 
 from crdiff_search.errors import UsageError
+from crdiff_search.objectives._common import check_batch
+from crdiff_search.objectives.base import Objective
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,9 @@ from unittest import mock
 
 import numpy as np
 import torch
+from torch import nn
+
+from crdiff_search.errors import UsageError
 from crdiff_search.objectives._common import (
     check_batch,
     pick_device,
@@ -40,9 +43,6 @@ from crdiff_search.objectives._common import (
     to_pil,
 )
 from crdiff_search.objectives.base import Objective
-from torch import nn
-
-from crdiff_search.errors import UsageError
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 ENV_WEIGHTS = "CRDIFF_INCEPTION_WEIGHTS"

@@ -29,6 +29,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from crdiff_search.errors import UsageError
 from crdiff_search.objectives._common import (
     CLIP_MEAN,
     CLIP_STD,
@@ -43,9 +46,6 @@ from crdiff_search.objectives._common import (
     to_pil,
 )
 from crdiff_search.objectives.base import Objective
-from torch import nn
-
-from crdiff_search.errors import UsageError
 from crdiff_search.tokenizers import check_tokenizer
 
 HUB_REPO = "THUDM/ImageReward"

@@ -33,6 +33,7 @@ from functools import cache
 from typing import Any
 
 import numpy as np
+
 from crdiff_search.objectives.base import Objective
 
 COLOUR_NAMES = ("red", "yellow", "green", "cyan", "blue", "magenta")  # hue 0, 60, ..., 300

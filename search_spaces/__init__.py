@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from crdiff_search.search_spaces.bounds import PAPER_BOUNDS, PAPER_START, default_bounds
-from crdiff_search.search_spaces.partition import Partition
-from crdiff_search.search_spaces.selection import KINDS, PAPER_KINDS, normalize_include, paper_rule
 from torch import nn
 
 from crdiff_search.errors import UsageError
 from crdiff_search.names import DENOISER_CLASSES, GRANULARITIES, TRANSFORMER_CLASSES, UNET_CLASSES
+from crdiff_search.plugins import PluginRegistry
+from crdiff_search.search_spaces.bounds import PAPER_BOUNDS, PAPER_START, default_bounds
+from crdiff_search.search_spaces.partition import Partition
+from crdiff_search.search_spaces.selection import KINDS, PAPER_KINDS, normalize_include, paper_rule
 
-SUPPORTED_CLASSES = DENOISER_CLASSES
+SUPPORTED_CLASSES = DENOISER_CLASSES  # the built-in ones; PARTITIONS has plug-ins' too
 
 __all__ = [
     "GRANULARITIES",
@@ -30,6 +31,7 @@ __all__ = [
     "PAPER_BOUNDS",
     "PAPER_KINDS",
     "PAPER_START",
+    "PARTITIONS",
     "SUPPORTED_CLASSES",
     "Partition",
     "build_partition",
@@ -39,17 +41,41 @@ __all__ = [
 ]
 
 
-def model_family(model) -> str:
-    """``"unet"`` or ``"transformer"``; :class:`UsageError` for any other class."""
-    for cls in type(model).__mro__:
-        if cls.__name__ in UNET_CLASSES and cls.__module__.startswith("diffusers"):
-            return "unet"
-        if cls.__name__ in TRANSFORMER_CLASSES and cls.__module__.startswith("diffusers"):
-            return "transformer"
-    raise UsageError(
-        f"unsupported model class {type(model).__name__}; partitions exist for diffusers "
-        f"{', '.join(SUPPORTED_CLASSES)}"
+# Partition builders by denoiser class name (entry point group "crdiff_search.partitions").
+# A builder is ``builder(model, granularity, include, name, n_groups) -> Partition``; a user's
+# package registers one for its own denoiser class (``PARTITIONS.register("MyDiT", ...)``).
+PARTITIONS = PluginRegistry("partition", normalize=False)
+for _cls in UNET_CLASSES:
+    PARTITIONS.register(
+        _cls, "crdiff_search.search_spaces.unet:build", origin="builtin", family="unet"
     )
+for _cls in TRANSFORMER_CLASSES:
+    PARTITIONS.register(
+        _cls,
+        "crdiff_search.search_spaces.transformer:transformer_partition",
+        origin="builtin",
+        family="transformer",
+    )
+
+
+def _plugin_for(model) -> str:
+    """The registered class name that ``model`` is (or derives from)."""
+    for cls in type(model).__mro__:
+        if cls.__name__ not in PARTITIONS:
+            continue
+        builtin = PARTITIONS.plugin(cls.__name__).origin == "builtin"
+        if not builtin or cls.__module__.startswith("diffusers"):
+            return cls.__name__
+    raise UsageError(
+        f"unsupported model class {type(model).__name__}; partitions exist for "
+        f"{', '.join(PARTITIONS)} (register a builder in search_spaces.PARTITIONS for another)"
+    )
+
+
+def model_family(model) -> str:
+    """``"unet"``, ``"transformer"`` (or a plug-in's family); :class:`UsageError` for a class
+    with no registered partition."""
+    return str(PARTITIONS.metadata(_plugin_for(model)).get("family", "custom"))
 
 
 def build_partition(
@@ -77,20 +103,10 @@ def build_partition(
         from crdiff_search.models import denoiser_of
 
         model = denoiser_of(model)
-    family = model_family(model)
+    builder = PARTITIONS.get(_plugin_for(model))
     name = granularity
     if n_groups is not None:
         name += f"/{n_groups}"
     if kinds is not None:
         name += f"[{'+'.join(kinds)}]"
-    if family == "unet":
-        if n_groups is not None:
-            raise UsageError(
-                "n_groups applies to transformer partitions only; UNet groups follow its blocks"
-            )
-        from crdiff_search.search_spaces.unet import unet_partition
-
-        return unet_partition(model, granularity, kinds, name)
-    from crdiff_search.search_spaces.transformer import transformer_partition
-
-    return transformer_partition(model, granularity, kinds, name, n_groups)
+    return builder(model, granularity, kinds, name, n_groups)

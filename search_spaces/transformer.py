@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from crdiff_search.search_spaces.partition import Partition
-from crdiff_search.search_spaces.selection import assemble_groups, select_weights
 from torch import nn
 
 from crdiff_search.errors import UsageError
+from crdiff_search.search_spaces.partition import Partition
+from crdiff_search.search_spaces.selection import assemble_groups, select_weights
 
 PAPER_GROUPS = ("early", "middle", "late")
 

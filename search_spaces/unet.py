@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from torch import nn
+
+from crdiff_search.errors import UsageError
 from crdiff_search.search_spaces.partition import Partition
 from crdiff_search.search_spaces.selection import assemble_groups, select_weights
-from torch import nn
 
 PAPER_GROUPS = ("down", "mid", "up")
 
@@ -28,6 +30,21 @@ def _blocks(model: nn.Module) -> list[str]:
     mid = ["mid"] if getattr(model, "mid_block", None) is not None else []
     up = [f"up.{i}" for i in range(len(getattr(model, "up_blocks", ())))]
     return down + mid + up
+
+
+def build(
+    model: nn.Module,
+    granularity: str,
+    include: Sequence[str] | None,
+    name: str,
+    n_groups: int | None = None,
+) -> Partition:
+    """The registered UNet builder (:data:`crdiff_search.search_spaces.PARTITIONS`)."""
+    if n_groups is not None:
+        raise UsageError(
+            "n_groups applies to transformer partitions only; UNet groups follow its blocks"
+        )
+    return unet_partition(model, granularity, include, name)
 
 
 def unet_partition(

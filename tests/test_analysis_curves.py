@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from crdiff_search.analysis import best_so_far, combine_studies, curve_bands
 from crdiff_search.analysis.synthetic import study_table
-
 from crdiff_search.errors import UsageError
 
 A_SCORES = {0: [1.0, 3.0, 2.0, 5.0], 1: [2.0, 2.0, 4.0, 4.0], 2: [0.0, 6.0, 1.0, 1.0]}

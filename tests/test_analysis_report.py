@@ -7,6 +7,8 @@ import io
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+
 from crdiff_search.analysis import (
     combine_studies,
     curve_bands,
@@ -17,7 +19,6 @@ from crdiff_search.analysis import (
     write_report,
 )
 from crdiff_search.analysis.synthetic import study_table
-from PIL import Image
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MEANS = {"anneal": 0.6, "tpe": 0.5, "uniform": 0.1}

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from crdiff_search.analysis import (
     combine_studies,
     early_stopping_summary,
@@ -149,8 +150,9 @@ def test_early_stopping_summary_pairs_each_asha_arm_with_its_sampler():
 
 
 def test_smallest_attainable_p_matches_the_exact_test():
-    from crdiff_search.analysis.stats import smallest_p
     from scipy import stats
+
+    from crdiff_search.analysis.stats import smallest_p
 
     assert smallest_p(5, 5) == pytest.approx(2 / 252)
     assert smallest_p(5, 5) == pytest.approx(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+
 from crdiff_search.analysis import combine_studies, load_table, save_table, tidy_study
 from crdiff_search.analysis.synthetic import study_table
-
 from crdiff_search.errors import UsageError
 
 

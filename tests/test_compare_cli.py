@@ -8,9 +8,9 @@ import textwrap
 
 import pandas as pd
 import pytest
+
 from crdiff_search.analysis.compare import MANIFEST, TABLE
 from crdiff_search.analysis.synthetic import study_table
-
 from crdiff_search.cli import main
 from crdiff_search.compare import parse_seeds, plan_comparison, run_comparison, study_status
 from crdiff_search.errors import UsageError

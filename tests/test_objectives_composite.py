@@ -7,6 +7,10 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
+
+from crdiff_search import objectives
+from crdiff_search.errors import UsageError
 from crdiff_search.objectives import (
     OBJECTIVE_NAMES,
     Objective,
@@ -14,10 +18,6 @@ from crdiff_search.objectives import (
     create_objective,
     register_objective,
 )
-from PIL import Image
-
-from crdiff_search import objectives
-from crdiff_search.errors import UsageError
 
 
 class Brightness(Objective):

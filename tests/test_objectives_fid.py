@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from crdiff_search.objectives._common import MissingWeightsError
-from crdiff_search.objectives.fid import FidObjective, KidObjective, inception_extractor
 from PIL import Image
 from torch import nn
 
 from crdiff_search.errors import UsageError
+from crdiff_search.objectives._common import MissingWeightsError
+from crdiff_search.objectives.fid import FidObjective, KidObjective, inception_extractor
 
 
 class TinyExtractor(nn.Module):

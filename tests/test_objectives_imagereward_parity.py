@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from crdiff_search.objectives._tiny import TINY_MED_CONFIG as MED_CONFIG
 from crdiff_search.objectives.imagereward import BERT_VOCAB_SIZE, ImageRewardObjective
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTRAS = ROOT / ".venv" / "extras"

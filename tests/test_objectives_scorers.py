@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from crdiff_search import objectives
+from crdiff_search.errors import UsageError
 from crdiff_search.objectives import _tiny, clear_objective_cache, create_objective
 from crdiff_search.objectives._common import (
     CLIP_MEAN,
@@ -13,11 +18,6 @@ from crdiff_search.objectives._common import (
     pick_dtype,
     to_pil,
 )
-from PIL import Image
-from torchvision import transforms as T
-
-from crdiff_search import objectives
-from crdiff_search.errors import UsageError
 from crdiff_search.tokenizers import TokenizerError
 
 SCORERS = ("clip", "aesthetic", "pickscore", "imagereward")

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from crdiff_search import testing
+from crdiff_search.errors import UsageError
 from crdiff_search.search_spaces import (
     GRANULARITIES,
     KINDS,
@@ -12,9 +15,6 @@ from crdiff_search.search_spaces import (
     build_partition,
     default_bounds,
 )
-
-from crdiff_search import testing
-from crdiff_search.errors import UsageError
 
 
 def reference_unet_groups(model) -> dict[str, list[str]]:

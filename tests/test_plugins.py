@@ -38,11 +38,13 @@ def test_register_lazy_target_unregister_and_errors():
 
 def test_every_kind_is_one_registry():
     from crdiff_search.objectives import OBJECTIVES
-
     from crdiff_search.registries import CRITERIA
     from crdiff_search.samplers import SAMPLERS
+    from crdiff_search.search_spaces import PARTITIONS
 
-    assert all(isinstance(r, PluginRegistry) for r in (CRITERIA, SAMPLERS, OBJECTIVES))
+    kinds = (CRITERIA, SAMPLERS, OBJECTIVES, PARTITIONS)
+    assert all(isinstance(r, PluginRegistry) for r in kinds)
+    assert "UNet2DConditionModel" in PARTITIONS
     assert {"magnitude", "random"} <= set(CRITERIA) and "anneal" in SAMPLERS
     assert OBJECTIVES.metadata("fid")["higher_is_better"] is False
 
@@ -56,6 +58,17 @@ class Sharpness(Objective):
     higher_is_better = True
     def score(self, images, prompts):
         return np.array([float(np.asarray(im).std()) for im in images])
+
+import torch
+from crdiff_search.search_spaces.partition import Partition
+
+class TwoLayer(torch.nn.Module):  # a denoiser class of the user's own
+    def __init__(self):
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+def two_layer_partition(model, granularity, include, name, n_groups):
+    return Partition(name, {"first": ("first.weight",), "second": ("second.weight",)})
 
 def make_sampler(*, seed=None):
     from optuna.samplers import RandomSampler
@@ -71,7 +84,8 @@ def test_a_users_package_adds_plugins_through_entry_points(tmp_path):
     (dist / "entry_points.txt").write_text(
         "[crdiff_search.objectives]\nsharp = userplug:Sharpness\n\n"
         "[crdiff_search.samplers]\nplug-random = userplug:make_sampler\n\n"
-        "[crdiff_search.criteria]\nplug-magnitude = crdiff_search.pruning.criteria.magnitude:Magnitude\n"
+        "[crdiff_search.criteria]\nplug-magnitude = crdiff_search.pruning.criteria.magnitude:Magnitude\n\n"
+        "[crdiff_search.partitions]\nTwoLayer = userplug:two_layer_partition\n"
     )
     code = textwrap.dedent(
         """
@@ -87,6 +101,10 @@ def test_a_users_package_adds_plugins_through_entry_points(tmp_path):
         cfg = load_experiment(None, **{"objective.name": "sharp", "search.sampler": "plug-random",
                                        "partition.criterion": "plug-magnitude"})
         print("config", cfg.objective.names[0], cfg.search.sampler, cfg.partition.criterion)
+        from crdiff_search.search_spaces import build_partition
+        import userplug
+        part = build_partition(userplug.TwoLayer(), "paper")
+        print("partition", "+".join(part.group_names))
         """
     )
     env = {"PYTHONPATH": str(tmp_path), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
@@ -99,3 +117,4 @@ def test_a_users_package_adds_plugins_through_entry_points(tmp_path):
     assert float(lines["score"]) == 0.0
     assert lines["sampler"] == "RandomSampler" and lines["criterion"] == "Magnitude"
     assert lines["config"] == "sharp plug-random plug-magnitude"
+    assert lines["partition"] == "first+second"

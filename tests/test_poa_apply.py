@@ -35,9 +35,8 @@ def pipe():
 
 
 def test_apply_recipe_ends_and_exact_restore(pipe):
-    from crdiff_search.search_spaces import build_partition
-
     from crdiff_search.pruning import Pruner
+    from crdiff_search.search_spaces import build_partition
 
     unet = pipe.unet
     state = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -90,3 +89,41 @@ def test_apply_recipe_restores_on_error_and_checks_groups(pipe):
     bad = Recipe(model="tiny", width=16, height=16, ratios={"early": 0.2})
     with pytest.raises(UsageError, match="early"), crdiff_search.apply_recipe(pipe, bad):
         pass
+
+
+def test_model_revision_is_one_hash_of_the_weights_and_apply_recipe_checks_it():
+    import warnings
+
+    from crdiff_search.apply import ModelRevisionWarning
+    from crdiff_search.recipe import RecipeIntegrityError, model_revision
+    from crdiff_search.testing import tiny_sd_pipeline
+
+    pipe = tiny_sd_pipeline(seed=3)
+    other = tiny_sd_pipeline(seed=4)
+    revision = model_revision(pipe.unet)
+    # one checkpoint in float32 and float16 has one revision; other weights another
+    assert model_revision(tiny_sd_pipeline(seed=3).unet.half()) == revision
+    assert model_revision(other.unet) != revision
+    recipe = Recipe(
+        model="tiny", width=16, height=16, ratios=RATIOS, poa_w=1.0, model_revision=revision
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with crdiff_search.apply_recipe(pipe, recipe):  # the weights it was made on: silent
+            pass
+    with pytest.warns(ModelRevisionWarning, match="searched on weights"):
+        with crdiff_search.apply_recipe(other, recipe):
+            pass
+    before = {k: v.clone() for k, v in other.unet.state_dict().items()}
+    with pytest.raises(RecipeIntegrityError, match="searched on weights"):
+        with crdiff_search.apply_recipe(other, recipe, check_revision="error"):
+            pass
+    after = other.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # refused before pruning
+    old_kind = Recipe(
+        model="tiny", width=16, height=16, ratios=RATIOS, model_revision="sha256:" + "ab" * 32
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with crdiff_search.apply_recipe(other, old_kind):  # not comparable: applied as is
+            pass

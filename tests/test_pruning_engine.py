@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from crdiff_search.search_spaces import build_partition
 
 from crdiff_search import testing
 from crdiff_search.errors import UsageError
 from crdiff_search.pruning import Pruner, group_table
+from crdiff_search.search_spaces import build_partition
 
 RATIOS_A = {"down": 0.3, "mid": 0.55, "up": 0.7}
 RATIOS_B = {"down": 0.6, "up": 0.2}

@@ -7,9 +7,9 @@ import math
 
 import pandas as pd
 import pytest
-from crdiff_search.analysis.repair_map import BASE_COLUMNS, build_map, format_markdown, write_map
 from PIL import Image
 
+from crdiff_search.analysis.repair_map import BASE_COLUMNS, build_map, format_markdown, write_map
 from crdiff_search.cli import main
 from crdiff_search.config import load_experiment
 from crdiff_search.errors import UsageError

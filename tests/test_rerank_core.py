@@ -156,7 +156,7 @@ def test_evaluate_candidate_rows_in_process():
     (dense,) = evaluate_candidate(settings, None, (1.0, 1.5))
     cand = {"trial_id": "t1", "ratios": {"down": 0.3, "mid": 0.3, "up": 0.5}}
     rows = evaluate_candidate(settings, cand, (1.0, 1.5))
-    assert dense["kind"] == "dense" and dense["model_revision"].startswith("sha256:")
+    assert dense["kind"] == "dense" and dense["model_revision"].startswith("weights-fp16-sha256:")
     assert [(r["kind"], r["w"]) for r in rows] == [("pruned", 1.0), ("poa", 1.5)]
     assert all(np.isfinite(r["score"]) and "obj.scene" in r for r in rows)
     for row in (dense, *rows):  # per-image values whose mean is the row's score

@@ -78,7 +78,7 @@ def test_search_rerank_export_generate(tmp_path, capsys):
     assert recipe.scores["dense"] == info["dense_score"]
     assert recipe.scores["delta_ci_low"] == info["winner"]["delta_low"]
     assert recipe.scores["heldout_prompts"] == 3 and recipe.scores["repaired"] == 0.0
-    assert recipe.model_revision.startswith("sha256:")
+    assert recipe.model_revision.startswith("weights-fp16-sha256:")
 
     images = tmp_path / "images"
     assert (

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 from crdiff_search.objectives import register_objective
 from crdiff_search.objectives.base import Objective
 

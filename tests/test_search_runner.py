@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from crdiff_search.objectives import register_objective
-from crdiff_search.objectives.base import Objective
 
 from crdiff_search.config import ExperimentConfig
 from crdiff_search.model_info import check_model
+from crdiff_search.objectives import register_objective
+from crdiff_search.objectives.base import Objective
 
 PLUGIN = Path(__file__).stem
 

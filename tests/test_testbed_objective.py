@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from crdiff_search.objectives.scene import SceneObjective
 from PIL import Image, ImageDraw
 
 from crdiff_search.errors import UsageError
+from crdiff_search.objectives.scene import SceneObjective
 from crdiff_search.testbed.scenes import render, sample_captions
 
 # A fixed seeded validation set: rendered ground truth must be read back exactly.

@@ -21,6 +21,7 @@ from typing import Any
 
 from crdiff_search.objectives.composite import Term
 from crdiff_search.plugins import module_roots
+from crdiff_search.recipe import PartitionSpec
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class WorkerSpec:
     dtype: str
     device: str
     scheduler: str
-    partition: Mapping[str, Any]  # {"granularity", "include", "n_groups"} (unset: None)
+    partition: PartitionSpec
     criterion: str
     seed: int
     terms: tuple[Term, ...]  # the objective: a weighted sum, relative terms included
@@ -76,7 +77,7 @@ class WorkerSpec:
             dtype=model.dtype,
             device=model.device,
             scheduler=model.scheduler,
-            partition=config.partition.recipe_partition(),
+            partition=config.partition.spec,
             criterion=config.partition.criterion,
             seed=config.search.seed,
             terms=objective_terms(config.objective),
@@ -104,7 +105,7 @@ class WorkerSpec:
             "dtype": self.dtype,
             "device": self.device,
             "scheduler": self.scheduler,
-            "partition": dict(self.partition),
+            "partition": self.partition.to_dict(),
             "criterion": self.criterion,
             "seed": self.seed,
             "terms": [dataclasses.asdict(t) for t in self.terms],

@@ -117,7 +117,6 @@ def _load(spec: WorkerSpec) -> WorkerState:
     from crdiff_search.models import denoiser_of, load_pipeline, resolve_device
     from crdiff_search.objectives.composite import CompositeObjective
     from crdiff_search.pruning import Pruner
-    from crdiff_search.search_spaces import build_partition
 
     import_modules(spec.plugins, spec.plugin_paths)
     t0 = time.perf_counter()
@@ -125,7 +124,7 @@ def _load(spec: WorkerSpec) -> WorkerState:
     pipe = load_pipeline(spec.source, dtype=spec.dtype, device=device)
     _swap_scheduler(pipe, spec.scheduler)
     denoiser = denoiser_of(pipe)
-    partition = build_partition(denoiser, **spec.partition)
+    partition = spec.partition.build(denoiser)
     pruner = Pruner(denoiser, partition, criterion=spec.criterion, seed=spec.seed)
     params = dict(denoiser.named_parameters())
     sizes = {
