@@ -368,7 +368,11 @@ def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> li
     p = Path(path)
     if not p.is_file():
         raise UsageError(f"{where} {str(p)!r} does not exist")
-    lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{where} {str(p)!r} cannot be read as UTF-8 text: {exc}") from None
+    lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
         raise UsageError(f"{where} {str(p)!r} holds no prompts (one per line)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -381,10 +382,21 @@ def rerank(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     run_id = None
-    if log_mlflow and config.tracking.enabled:
-        run_id = _log_mlflow(config, study_id, table, info, grid)
-        info["rerank_run_id"] = run_id
+    # The result is on disk before MLflow is touched: a tracking outage costs no re-rank.
     (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    if log_mlflow and config.tracking.enabled:
+        try:
+            run_id = _log_mlflow(config, study_id, table, info, grid)
+        except Exception as exc:
+            print(
+                f"warning: MLflow: the re-rank is saved in {folder / RERANK_FILE} but was not "
+                f"logged ({type(exc).__name__}: {exc}); run `crdiff rerank {folder}` again "
+                "when the tracking server is back",
+                file=sys.stderr,
+            )
+        else:
+            info["rerank_run_id"] = run_id
+            (folder / RERANK_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
     return RerankResult(table, winner, dense_score, folder, run_id, files, verdict)
 
 
@@ -543,52 +555,44 @@ def _objective_name(config) -> str:
 
 
 def _log_mlflow(config, study_id: str, table, info: dict, grid) -> str | None:
+    import hashlib
+
     from crdiff_search.tracking import StudyTracker, resolve_tracking_uri
 
     tracker = StudyTracker(resolve_tracking_uri(config.tracking.uri), config.tracking_experiment)
-    parent = tracker.find_study(study_id)
-    client = tracker.client
-    tags = {
-        "crdiff.study_id": study_id,
-        "crdiff.kind": "rerank",
-        "crdiff.verdict": info["verdict"]["status"],
+    winner = info["winner"]
+    metrics = {
+        "dense_score": info["dense_score"],
+        "winner_score": winner["score"],
+        "winner_score_delta": winner["score_delta"],
+        **{f"winner_{k}": winner.get(k) for k in ("delta_low", "delta_high", "p_vs_dense")},
     }
-    if parent:
-        tags["mlflow.parentRunId"] = parent
-    run = client.create_run(tracker.experiment_id, run_name=f"rerank {config.study}", tags=tags)
-    run_id = run.info.run_id
-    from mlflow.entities import Metric, Param
-
-    now = int(time.time() * 1000)
-    metrics = [
-        Metric("dense_score", info["dense_score"], now, 0),
-        Metric("winner_score", info["winner"]["score"], now, 0),
-        Metric("winner_score_delta", info["winner"]["score_delta"], now, 0),
-    ]
-    for key in ("delta_low", "delta_high", "p_vs_dense"):
-        if info["winner"].get(key) is not None:
-            metrics.append(Metric(f"winner_{key}", info["winner"][key], now, 0))
     for row in table.to_dict("records"):
-        if row["kind"] == "dense":
-            continue
-        metrics.append(
-            Metric(f"score.{row['trial_id']}.w{row['w']:g}", float(row["score"]), now, 0)
-        )
-    params = [
-        Param("winner_trial_id", info["winner"]["trial_id"]),
-        Param("winner_w", str(info["winner"]["w"])),
-        Param("n_prompts", str(info["n_prompts"])),
-        Param("weights", ",".join(f"{w:g}" for w in info["weights"])),
-        Param("top_k", str(info["top_k"])),
-        Param("heldout_seed", str(info["heldout"]["seed"])),
-    ]
-    client.log_batch(run_id, metrics=metrics, params=params)
-    client.log_text(run_id, table.to_csv(index=False), "rerank.csv")
-    client.log_dict(run_id, info, RERANK_FILE)
-    if grid is not None:
-        client.log_image(run_id, grid, "images/rerank_compare.png")
-    client.set_terminated(run_id, "FINISHED")
-    return run_id
+        if row["kind"] != "dense":
+            metrics[f"score.{row['trial_id']}.w{row['w']:g}"] = float(row["score"])
+    params = {
+        "winner_trial_id": winner["trial_id"],
+        "winner_w": winner["w"],
+        "n_prompts": info["n_prompts"],
+        "weights": ",".join(f"{w:g}" for w in info["weights"]),
+        "top_k": info["top_k"],
+        "heldout_seed": info["heldout"]["seed"],
+    }
+    # One run per re-rank setting: the same re-rank logged again updates its run.
+    setting = [params["weights"], params["top_k"], params["n_prompts"], params["heldout_seed"]]
+    setting.append(info["heldout"].get("source"))
+    key = hashlib.sha256(json.dumps(setting, default=str).encode()).hexdigest()[:16]
+    return tracker.log_rerank(
+        study_id,
+        key,
+        name=f"rerank {config.study}",
+        params=params,
+        metrics=metrics,
+        tags={"crdiff.verdict": info["verdict"]["status"]},
+        texts={"rerank.csv": table.to_csv(index=False)},
+        dicts={RERANK_FILE: info},
+        images={} if grid is None else {"images/rerank_compare.png": grid},
+    )
 
 
 def format_table(table, groups: Sequence[str] | None = None) -> str:

@@ -728,6 +728,57 @@ class StudyTracker:
             self._pending = list(not_done)
         return errors
 
+    # -- re-ranks --------------------------------------------------------------------------
+
+    def log_rerank(
+        self,
+        study_id: str,
+        key: str,
+        *,
+        name: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        texts: Mapping[str, str] | None = None,
+        dicts: Mapping[str, Any] | None = None,
+        images: Mapping[str, Any] | None = None,
+    ) -> str:
+        """The re-rank run of ``study_id`` (a child of its study run when there is one) for the
+        re-rank settings ``key``: created once, updated in place when the same re-rank is
+        logged again (a retry, a second ``crdiff rerank``), with retries on a locked store."""
+        parent = self.find_study(study_id)
+        found = self._search(
+            f"tags.`{STUDY_TAG}` = {_quote(study_id)} and tags.`{KIND_TAG}` = 'rerank' "
+            f"and tags.`crdiff.rerank_key` = {_quote(key)}"
+        )
+        all_tags = {STUDY_TAG: study_id, KIND_TAG: "rerank", "crdiff.rerank_key": key}
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        all_tags.update(tags or {})
+        fresh = not found
+        if found:
+            run_id = self._dedupe(found, f"re-rank {key} of {study_id}").info.run_id
+        else:
+            run = self._call(
+                "create re-rank run",
+                self._client.create_run,
+                self.experiment_id,
+                run_name=name,
+                tags={k: _param_value(v) for k, v in all_tags.items()},
+            )
+            run_id = run.info.run_id
+        self._log_batch(
+            run_id, params=params, metrics=_metric_items(metrics), tags=all_tags, fresh=fresh
+        )
+        for artifact, text in (texts or {}).items():
+            self._call("log text", self._client.log_text, run_id, text, artifact)
+        for artifact, data in (dicts or {}).items():
+            self._call("log dict", self._client.log_dict, run_id, data, artifact)
+        for artifact, image in (images or {}).items():
+            self._call("log image", self._client.log_image, run_id, image, artifact_file=artifact)
+        self._call("end re-rank run", self._client.set_terminated, run_id, "FINISHED")
+        return run_id
+
     # -- images ---------------------------------------------------------------------------
 
     def log_images(

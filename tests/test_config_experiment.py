@@ -415,3 +415,15 @@ def test_testbed_map_grid_plans_one_study_per_map_size(tmp_path):
     # a local head runs the jobs with this interpreter; each study re-ranks after its search
     assert all(p.entrypoint.startswith(f"{sys.executable} -m crdiff_search search") for p in plans)
     assert all("after_search = true" in p.study_toml for p in plans)
+
+
+def test_prompt_files_skip_comments_and_reject_binary_with_one_line(tmp_path):
+    from crdiff_search.config import read_prompt_file
+
+    text = tmp_path / "p.txt"
+    text.write_text("# held-out set\na red cat\n\n  a blue bus  \n")
+    assert read_prompt_file(text) == ["a red cat", "a blue bus"]
+    binary = tmp_path / "p.bin"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    with pytest.raises(UsageError, match=r"--prompts file .*p\.bin.* cannot be read as UTF-8"):
+        read_prompt_file(binary, "--prompts file")

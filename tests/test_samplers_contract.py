@@ -260,3 +260,26 @@ def test_anneal_never_proposes_an_evaluated_point_again():
 def test_avoid_repeats_must_be_a_bool():
     with pytest.raises(UsageError, match="avoid_repeats"):
         SimulatedAnnealingSampler(avoid_repeats="yes")
+
+
+def test_strategies_are_small_abcs_and_a_bare_callable_is_refused():
+    import ast
+    from pathlib import Path
+
+    from crdiff_search import samplers
+    from crdiff_search.samplers import Neighbor, OneCoordinate, SimulatedAnnealingSampler
+
+    assert isinstance(OneCoordinate(), Neighbor)
+    with pytest.raises(UsageError, match=r"neighbor must be a Neighbor .*subclass it"):
+        SimulatedAnnealingSampler(neighbor=lambda coords, space, h, rng: coords)
+
+    class Still(Neighbor):  # a user's own move
+        def __call__(self, coords, space, half_widths, rng):
+            return coords
+
+    SimulatedAnnealingSampler(neighbor=Still())
+    # the strategies do not import the sampler (no import cycle)
+    folder = Path(samplers.__file__).parent
+    tree = ast.parse((folder / "_strategies.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "crdiff_search.samplers._anneal" not in imported

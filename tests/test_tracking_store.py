@@ -308,3 +308,20 @@ def test_driver_writes_trials_whose_worker_write_was_lost(db_uri, tmp_path):
         assert data.tags["crdiff.logged_by"] == "driver"
     # Run again: everything is FINISHED, nothing is written.
     assert _reconcile_tracking(tracker, parent, table, ["down"]) == 0
+
+
+def test_a_rerank_logged_twice_is_one_run_under_its_study(db_uri):
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study("s-rerank", {"trials": 2}, {}, "a = 1\n")
+    kwargs = dict(name="rerank s", params={"top_k": 3}, dicts={"rerank.json": {"a": 1}})
+    first = tracker.log_rerank("s-rerank", "key-a", metrics={"winner_score": 0.5}, **kwargs)
+    again = StudyTracker(db_uri, "crdiff-test").log_rerank(
+        "s-rerank", "key-a", metrics={"winner_score": 0.7}, **kwargs
+    )
+    other = tracker.log_rerank("s-rerank", "key-b", metrics={"winner_score": 0.1}, **kwargs)
+    assert first == again != other
+    run = tracker.client.get_run(first)
+    assert run.data.tags[PARENT_TAG] == parent and run.data.tags[KIND_TAG] == "rerank"
+    assert run.data.metrics["winner_score"] == 0.7 and run.info.status == "FINISHED"
+    reranks = tracker._search(f"tags.`{STUDY_TAG}` = 's-rerank' and tags.`{KIND_TAG}` = 'rerank'")
+    assert len(reranks) == 2

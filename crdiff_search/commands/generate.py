@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from crdiff_search.generate import DEFAULT_OUT
 
@@ -78,19 +77,15 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from crdiff_search.errors import UsageError
     from crdiff_search.generate import generate
     from crdiff_search.resolution import parse_resolution
 
     resolution = parse_resolution(args.resolution)
     prompts = list(args.prompt)
     if args.prompts:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise UsageError(f"--prompts file {str(path)!r} does not exist")
-        prompts += [
-            line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-        ]
+        from crdiff_search.config import read_prompt_file
+
+        prompts += read_prompt_file(args.prompts, "--prompts file")
     result = generate(
         args.model,
         resolution,

@@ -16,16 +16,24 @@ from optuna.trial import FrozenTrial, TrialState
 
 from crdiff_search.errors import UsageError
 from crdiff_search.samplers._space import CoordinateSpace, project
+from crdiff_search.samplers._state import ChainState
+from crdiff_search.samplers._strategies import KINDS as STRATEGY_KINDS
 from crdiff_search.samplers._strategies import (
+    Acceptance,
     AllCoordinates,
+    Cooling,
     GeometricCooling,
     Metropolis,
+    Neighbor,
     RangeFractionStep,
     Reheat,
     ReheatOrRestart,
     Restart,
     SomeCoordinates,
+    StallRule,
     StartAtCenter,
+    StartPoint,
+    StepSchedule,
     Stop,
 )
 
@@ -59,28 +67,6 @@ class SeededSource:
 
     def __call__(self, number: int, purpose: str) -> np.random.Generator:
         return np.random.default_rng([self.seed, number, zlib.crc32(purpose.encode())])
-
-
-@dataclass(frozen=True)
-class ChainState:
-    """A snapshot of the annealing chain after replaying the finished trials.
-
-    Scores are oriented so that higher is better (``-value`` for minimize studies).
-    """
-
-    names: tuple[str, ...]
-    current: dict[str, Any] | None
-    current_score: float | None
-    temperature: float
-    best: dict[str, Any] | None
-    best_score: float | None
-    best_trial: int | None
-    stall: int
-    reheats: int
-    restarts: int
-    iterations: int
-    stopped: bool
-    spread: float
 
 
 @dataclass
@@ -177,14 +163,14 @@ class SimulatedAnnealingSampler(BaseSampler):
         *,
         seed: int | None = None,
         initial_temperature: float = DEFAULT_INITIAL_TEMPERATURE,
-        cooling: Callable[[float], float] = DEFAULT_COOLING,
-        neighbor: Callable[..., np.ndarray] = DEFAULT_NEIGHBOR,
-        step: Callable[[float, float], float] = DEFAULT_STEP,
-        acceptance: Callable[[float, float, float, float], bool] = DEFAULT_ACCEPTANCE,
-        start: Callable[[str, BaseDistribution], Any] = DEFAULT_START,
+        cooling: Cooling = DEFAULT_COOLING,
+        neighbor: Neighbor = DEFAULT_NEIGHBOR,
+        step: StepSchedule = DEFAULT_STEP,
+        acceptance: Acceptance = DEFAULT_ACCEPTANCE,
+        start: StartPoint = DEFAULT_START,
         patience: int = DEFAULT_PATIENCE,
-        on_stall: Callable[[ChainState], Reheat | Restart | Stop] = DEFAULT_ON_STALL,
-        restart_neighbor: Callable[..., np.ndarray] = DEFAULT_RESTART_NEIGHBOR,
+        on_stall: StallRule = DEFAULT_ON_STALL,
+        restart_neighbor: Neighbor = DEFAULT_RESTART_NEIGHBOR,
         failure_score: float | None = None,
         avoid_repeats: bool = True,
         random_source: Callable[[int, str], np.random.Generator] | None = None,
@@ -203,8 +189,12 @@ class SimulatedAnnealingSampler(BaseSampler):
             "restart_neighbor": restart_neighbor,
         }
         for name, value in strategies.items():
-            if not callable(value):
-                raise UsageError(f"{name} must be callable, got {value!r}")
+            kind = STRATEGY_KINDS[name]
+            if not isinstance(value, kind):
+                raise UsageError(
+                    f"{name} must be a {kind.__name__} (crdiff_search.samplers.{kind.__name__}: "
+                    f"subclass it and implement __call__), got {value!r}"
+                )
         if failure_score is not None and not math.isfinite(failure_score):
             raise UsageError(
                 f"failure_score must be a finite number or None, got {failure_score!r}"
@@ -243,7 +233,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial
     ) -> dict[str, BaseDistribution]:
         self._raise_error_if_multi_objective(study)
-        return _chain_space(study._get_trials(deepcopy=False, use_cache=True), trial.number)
+        return _chain_space(study.get_trials(deepcopy=False), trial.number)
 
     def sample_relative(
         self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
@@ -252,9 +242,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         if not search_space:
             return {}
         space = CoordinateSpace.from_mapping(search_space)
-        members = [
-            t for t in study._get_trials(deepcopy=False, use_cache=True) if space.contains(t.params)
-        ]
+        members = [t for t in study.get_trials(deepcopy=False) if space.contains(t.params)]
         chain = self._replay(study, space, members)
         others = [t for t in members if t.number != trial.number]
         pending = [t.params for t in others if t.state == TrialState.RUNNING]
@@ -281,7 +269,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         param_distribution: BaseDistribution,
     ) -> Any:
         self._raise_error_if_multi_objective(study)
-        trials = study._get_trials(deepcopy=False, use_cache=True)
+        trials = study.get_trials(deepcopy=False)
         if not any(param_name in t.params for t in trials if t.number != trial.number):
             return self._start(param_name, param_distribution)
         space = CoordinateSpace((param_name,), (param_distribution,))
@@ -293,7 +281,7 @@ class SimulatedAnnealingSampler(BaseSampler):
 
     def chain(self, study: Study) -> ChainState:
         """The chain rebuilt from the study's finished trials (for reports and stop rules)."""
-        trials = study._get_trials(deepcopy=False)
+        trials = study.get_trials(deepcopy=False)
         space = CoordinateSpace.from_mapping(_chain_space(trials, None))
         c = self._replay(study, space, [t for t in trials if space.contains(t.params)])
         return ChainState(

@@ -1,7 +1,7 @@
 """Small, picklable strategy objects for :class:`SimulatedAnnealingSampler`.
 
-Each strategy is a callable with a narrow signature, so that a user can swap one without
-touching the chain:
+Each kind of strategy is an abstract base class with one method, ``__call__``, so that a user
+can swap one without touching the chain (subclass the kind and implement it):
 
 - neighbour move ``(coords, space, half_widths, rng) -> coords``
 - step schedule ``(temperature_ratio, width) -> half_width`` where ``temperature_ratio`` is T/T0
@@ -16,17 +16,75 @@ touching the chain:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from optuna.distributions import BaseDistribution
 
 from crdiff_search.samplers._space import CoordinateSpace, center, clamp_value
+from crdiff_search.samplers._state import ChainState
 
-if TYPE_CHECKING:
-    from crdiff_search.samplers._anneal import ChainState
+# --- the kinds -------------------------------------------------------------------------------
+
+
+class Neighbor(ABC):
+    """A move: ``(coords, space, half_widths, rng) -> coords`` (one half-width per
+    coordinate; draw only from ``rng``, so proposals stay seed-deterministic)."""
+
+    @abstractmethod
+    def __call__(self, coords, space: CoordinateSpace, half_widths, rng) -> np.ndarray: ...
+
+
+class StepSchedule(ABC):
+    """A move's half-width on one coordinate: ``(T / T0, width of its range) -> half_width``."""
+
+    @abstractmethod
+    def __call__(self, temperature_ratio: float, width: float) -> float: ...
+
+
+class Cooling(ABC):
+    """``(T) -> T`` after every iteration."""
+
+    @abstractmethod
+    def __call__(self, temperature: float) -> float: ...
+
+
+class Acceptance(ABC):
+    """``(delta, T, spread, u) -> bool``: whether the chain moves to a point ``delta`` better
+    (negative: worse) than the current one; ``u`` is a Uniform(0, 1) draw."""
+
+    @abstractmethod
+    def __call__(self, delta: float, temperature: float, spread: float, u: float) -> bool: ...
+
+
+class StartPoint(ABC):
+    """``(name, distribution) -> value`` of the chain's first point."""
+
+    @abstractmethod
+    def __call__(self, name: str, distribution: BaseDistribution) -> Any: ...
+
+
+class StallRule(ABC):
+    """``(ChainState) -> Reheat | Restart | Stop`` when ``patience`` iterations passed without
+    a new best."""
+
+    @abstractmethod
+    def __call__(self, state: ChainState) -> Reheat | Restart | Stop: ...
+
+
+# Which kind each of the sampler's strategy arguments must be.
+KINDS = {
+    "cooling": Cooling,
+    "neighbor": Neighbor,
+    "step": StepSchedule,
+    "acceptance": Acceptance,
+    "start": StartPoint,
+    "on_stall": StallRule,
+    "restart_neighbor": Neighbor,
+}
 
 
 def _perturb(space: CoordinateSpace, k: int, c: float, h: float, rng: np.random.Generator):
@@ -43,7 +101,7 @@ def _perturb(space: CoordinateSpace, k: int, c: float, h: float, rng: np.random.
 
 
 @dataclass(frozen=True)
-class OneCoordinate:
+class OneCoordinate(Neighbor):
     """Move one coordinate, picked uniformly (``rng.integers``), by Uniform(-h, h)
     (``rng.uniform``); a picked categorical coordinate switches to another choice."""
 
@@ -55,7 +113,7 @@ class OneCoordinate:
 
 
 @dataclass(frozen=True)
-class AllCoordinates:
+class AllCoordinates(Neighbor):
     """Move every numeric coordinate by Uniform(-h, h) (scaled by ``scale``); a categorical
     coordinate switches to another choice with probability min(1, h), its step being a
     probability."""
@@ -75,7 +133,7 @@ class AllCoordinates:
 
 
 @dataclass(frozen=True)
-class SomeCoordinates:
+class SomeCoordinates(Neighbor):
     """Move each coordinate with probability ``fraction`` (at least one always moves), with
     Gaussian steps of standard deviation ``h / 2``: small moves are common, large ones rare.
     A moved categorical coordinate switches to another choice."""
@@ -99,7 +157,7 @@ class SomeCoordinates:
 
 
 @dataclass(frozen=True)
-class AbsoluteStep:
+class AbsoluteStep(StepSchedule):
     """Half-width ``max(minimum, scale * T/T0)`` in the parameter's own units, whatever its
     range (the reference rule; meant for ratio ranges inside [0, 1])."""
 
@@ -111,7 +169,7 @@ class AbsoluteStep:
 
 
 @dataclass(frozen=True)
-class RangeFractionStep:
+class RangeFractionStep(StepSchedule):
     """Half-width ``width * max(minimum, initial * (T/T0) ** power)``: a fraction of each
     parameter's range, shrinking as the chain cools."""
 
@@ -127,7 +185,7 @@ class RangeFractionStep:
 
 
 @dataclass(frozen=True)
-class GeometricCooling:
+class GeometricCooling(Cooling):
     """T <- factor * T after every iteration."""
 
     factor: float = 0.95
@@ -144,7 +202,7 @@ class GeometricCooling:
 
 
 @dataclass(frozen=True)
-class Metropolis:
+class Metropolis(Acceptance):
     """Accept an improvement always, a worse point with probability exp(delta / T).
 
     With ``relative=True`` the temperature is in units of ``spread`` (the standard deviation of
@@ -167,7 +225,7 @@ class Metropolis:
 
 
 @dataclass(frozen=True)
-class StartAtCenter:
+class StartAtCenter(StartPoint):
     """Start in the middle of every range (its own scale); the first choice of a categorical."""
 
     def __call__(self, name: str, distribution: BaseDistribution) -> Any:
@@ -175,7 +233,7 @@ class StartAtCenter:
 
 
 @dataclass(frozen=True)
-class StartAt:
+class StartAt(StartPoint):
     """Start at a given value for every parameter, or at ``value[name]`` (a mapping; names it
     lacks start at the center). Values are clipped into the range and snapped to its grid."""
 
@@ -213,7 +271,7 @@ class Stop:
 
 
 @dataclass(frozen=True)
-class ReheatOrRestart:
+class ReheatOrRestart(StallRule):
     """On a stall: reheat (T *= ``reheat_factor``) if the best score exceeds ``reheat_above``
     and reheats remain; otherwise restart from a mutation of the best point if restarts remain;
     otherwise stop. ``reheat_above=None`` never reheats; ``max_restarts=None`` never stops."""
