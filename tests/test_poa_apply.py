@@ -111,13 +111,13 @@ def test_model_revision_is_one_hash_of_the_weights_and_apply_recipe_checks_it():
         warnings.simplefilter("error")
         with crdiff_search.apply_recipe(pipe, recipe):  # the weights it was made on: silent
             pass
-    with pytest.warns(ModelRevisionWarning, match="searched on weights"):
-        with crdiff_search.apply_recipe(other, recipe):
-            pass
+    warned = pytest.warns(ModelRevisionWarning, match="searched on weights")
+    with warned, crdiff_search.apply_recipe(other, recipe):
+        pass
     before = {k: v.clone() for k, v in other.unet.state_dict().items()}
-    with pytest.raises(RecipeIntegrityError, match="searched on weights"):
-        with crdiff_search.apply_recipe(other, recipe, check_revision="error"):
-            pass
+    refused = pytest.raises(RecipeIntegrityError, match="searched on weights")
+    with refused, crdiff_search.apply_recipe(other, recipe, check_revision="error"):
+        pass
     after = other.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # refused before pruning
     old_kind = Recipe(
