@@ -37,3 +37,15 @@ class ModelSourceError(CrdiffError):
     exit code 4."""
 
     exit_code = 4
+
+
+class ConfigErrors(UsageError):
+    """Every problem found in an experiment, one per line (``problems``)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            super().__init__(problems[0])
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"{len(problems)} problems in the experiment:\n{lines}")

@@ -12,6 +12,7 @@ import pytest
 
 from crdiff_search.config import (
     CONFIG_VERSION,
+    ConfigErrors,
     ExperimentConfig,
     SearchSpec,
     load_experiment,
@@ -427,3 +428,24 @@ def test_prompt_files_skip_comments_and_reject_binary_with_one_line(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x81 not text")
     with pytest.raises(UsageError, match=r"--prompts file .*p\.bin.* cannot be read as UTF-8"):
         read_prompt_file(binary, "--prompts file")
+
+
+def test_validation_is_pure_it_imports_no_plugin_and_builds_no_sampler(monkeypatch):
+    import crdiff_search.samplers._registry as registry
+    from crdiff_search import validation
+    from crdiff_search.runner.study import build_sampler
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("validation built a sampler")
+
+    monkeypatch.setattr(registry, "create_sampler", refuse)
+    monkeypatch.setattr("crdiff_search.samplers.create_sampler", refuse)
+    data = {"plugins": ["no_such_module_anywhere"], "search": {"sampler_options": {"patience": 3}}}
+    config = validation.validate(data)  # the plug-in is not imported, the sampler not built
+    assert config.plugins == ("no_such_module_anywhere",)
+    with pytest.raises(ConfigErrors, match="no_such_module_anywhere.*cannot be imported"):
+        ExperimentConfig.from_dict(data)  # loading imports it, as the step before validation
+    monkeypatch.undo()
+    bad_value = load_experiment(None, **{"search.sampler_options": {"patience": -1}})
+    with pytest.raises(UsageError, match="search.sampler_options"):
+        build_sampler(bad_value)  # values: checked when the driver builds it, before Ray
