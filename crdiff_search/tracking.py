@@ -138,6 +138,63 @@ def resolve_tracking_uri(uri: str | os.PathLike | None) -> str:
     return text
 
 
+CHECK_TIMEOUT_S = 3.0  # how long the start-up check waits for a tracking server
+
+
+def check_tracking_uri(uri: str, *, timeout: float = CHECK_TIMEOUT_S) -> str:
+    """Check, in a few seconds and before any Ray work, that MLflow can use ``uri``; returns
+    the resolved URI. A SQLite store needs a folder it can write in; an HTTP server must
+    accept a connection and answer ``/health``. Anything else raises a one-line
+    :class:`UsageError` naming the URI (the CLI exits with 2)."""
+    resolved = resolve_tracking_uri(uri)
+    scheme, _, rest = resolved.partition("://")
+    base = scheme.split("+", 1)[0].lower()
+    if base == "sqlite":
+        path = rest[1:] if rest.startswith("/") else rest
+        if path in ("", ":memory:"):
+            return resolved
+        folder = Path("/" + path.lstrip("/")).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # MLflow creates missing folders below an existing one
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(
+                f"tracking URI {resolved}: cannot write in {folder} (pass --tracking-uri or "
+                "tracking.uri with a writable location, or --no-tracking)"
+            )
+        return resolved
+    if base in ("http", "https"):
+        import socket
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        parts = urllib.parse.urlsplit(resolved)
+        host = parts.hostname or ""
+        port = parts.port or (443 if base == "https" else 80)
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                pass
+        except OSError as exc:
+            raise UsageError(
+                f"tracking server {resolved} is not reachable ({exc.strerror or exc}); start it, "
+                "pass another --tracking-uri, or run with --no-tracking"
+            ) from None
+        health = urllib.parse.urlunsplit(
+            (parts.scheme, parts.netloc, parts.path.rstrip("/") + "/health", "", "")
+        )
+        try:
+            with urllib.request.urlopen(health, timeout=timeout):  # noqa: S310 (http(s) only)
+                pass
+        except urllib.error.HTTPError:
+            pass  # it answered (a proxy path, an auth wall): MLflow's own calls will tell
+        except (OSError, TimeoutError) as exc:
+            raise UsageError(
+                f"tracking server {resolved} accepted a connection but did not answer within "
+                f"{timeout:g} s ({exc}); check the server, or run with --no-tracking"
+            ) from None
+    return resolved
+
+
 def _to_pil(image):
     from PIL import Image
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from crdiff_search.cli import main
@@ -78,3 +79,45 @@ def test_search_ends_with_the_held_out_verdict(capsys, tmp_path, monkeypatch):
     assert main(["search", "--no-tracking", "--out", out, "--no-rerank"]) == 0
     assert calls == [("search", out)]
     assert "verdict" not in capsys.readouterr().out
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dry_run_checks_the_tracking_server_in_seconds_with_one_line(capsys, tmp_path):
+    import socket
+    import time
+
+    refused = f"http://127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    rc = main(["search", "--dry-run", "--tracking-uri", refused, "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and time.monotonic() - start < 10
+    assert refused in err and "not reachable" in err and len(err.splitlines()) == 1
+    assert "Traceback" not in err
+
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        start = time.monotonic()
+        rc = main(["search", "--dry-run", "--tracking-uri", uri, "--out", str(tmp_path)])
+        took = time.monotonic() - start
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and took < 15 and "did not answer" in err and uri in err
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # running as root: permissions do not bind
+            return
+        rc = main(["search", "--dry-run", "--tracking-uri", f"sqlite:///{locked}/m.db"])
+        assert rc == 2 and "cannot write in" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)

@@ -200,3 +200,24 @@ def test_trial_a_killed_driver_left_running_is_taken_over_by_its_index(tmp_path)
     table = pd.read_parquet(path)
     assert table["trial_id"].tolist() == ["a", "c"]
     assert table["state"].tolist() == ["COMPLETE", "RUNNING"]
+
+
+def test_a_replayed_trial_keeps_its_recorded_row_exactly(tmp_path):
+    from types import SimpleNamespace
+
+    from crdiff_search.runner.table import TrialTable
+
+    tag = {"experiment_tag": "1_down=0.1", "config": {"down": 0.1}}
+    path = tmp_path / "trials.parquet"
+    first = TrialTable(path, groups=["down"], sampler="anneal", seed=0, n_chunks=1, budget=2)
+    first.setup()
+    first.on_trial_start(0, [], SimpleNamespace(trial_id="a", **tag))
+    done = {"score": 0.25, "chunk": 1, "finished_at": 1764687430.1287801}
+    first.on_trial_complete(0, [], SimpleNamespace(trial_id="a", last_result=done, **tag))
+    recorded = pd.read_parquet(path)
+    resumed = TrialTable(path, groups=["down"], sampler="anneal", seed=0, n_chunks=1, budget=2)
+    resumed.setup()
+    resumed.on_trial_start(0, [], SimpleNamespace(trial_id="a", **tag))
+    replay = {**done, "finished_at": 1764687430.1287803, "replayed": True}  # a float round trip
+    resumed.on_trial_complete(0, [], SimpleNamespace(trial_id="a", last_result=replay, **tag))
+    pd.testing.assert_frame_equal(pd.read_parquet(path), recorded)

@@ -130,6 +130,10 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
             f"the {config.partition.granularity!r} partition of the model has no groups"
         )
     build_sampler(config)  # its option values, checked before Ray starts
+    if config.tracking.enabled:
+        from crdiff_search.tracking import check_tracking_uri
+
+        check_tracking_uri(config.tracking.uri)  # seconds, not minutes, for a dead server
     prompts = config.prompt_list()
     summary = {
         "study": config.study,

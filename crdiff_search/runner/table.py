@@ -76,11 +76,13 @@ class TrialTable(tune.Callback):
         self.progress = progress
         self.tracking = tracking
         self.rows: dict[str, dict[str, Any]] = {}
+        self._finished: dict[str, dict[str, Any]] = {}  # replayed trials' recorded rows
         self._tracker = None
 
     # ---- state
     def setup(self, **info) -> None:
         self.rows = {}
+        self._finished = {}
         if self.path.is_file():
             for row in read_table(self.path).to_dict("records"):
                 self.rows[str(row["trial_id"])] = row
@@ -129,6 +131,10 @@ class TrialTable(tune.Callback):
     # ---- Tune hooks
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
+        if row.get("state") == "COMPLETE":
+            # Finished before the driver stopped, not in Tune's saved state: the worker replays
+            # the recorded result, and the row is kept exactly as it was.
+            self._finished.setdefault(trial.trial_id, dict(row))
         row["state"] = "RUNNING"
         row["attempts"] = int(row.get("attempts") or 0) + 1
         if row.get("started_at") is None or pd.isna(row.get("started_at")):
@@ -145,6 +151,11 @@ class TrialTable(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
         result = trial.last_result or {}
+        if result.get("replayed") and trial.trial_id in self._finished:
+            row.clear()
+            row.update(self._finished.pop(trial.trial_id))
+            self.write()
+            return
         self._fill(row, result)
         row["state"] = "COMPLETE" if result.get("chunk") == self.n_chunks else "PRUNED"
         row["error"] = ""
