@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     except CrdiffError as exc:  # the library's errors; anything else is a bug: traceback
         print(f"crdiff {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"crdiff {args.command}: interrupted", file=sys.stderr)
+        return 130  # 128 + SIGINT, as shells expect
 
 
 if __name__ == "__main__":

@@ -363,16 +363,27 @@ def read_toml(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """The table in a TOML file; a missing or malformed file is a :class:`UsageError` naming
     ``what`` it is and the path."""
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{what} {str(p)!r} is a folder, not a file")
     if not p.is_file():
         raise UsageError(f"{what} {str(p)!r} does not exist")
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"{what} {str(p)!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it "
+            "as UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{what} {str(p)!r} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"{what} {str(p)!r} cannot be read: {exc.strerror or exc}") from None
 
 
 def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> list[str]:
     p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"{where} {str(p)!r} is a folder; give a text file, one prompt per line")
     if not p.is_file():
         raise UsageError(f"{where} {str(p)!r} does not exist")
     try:

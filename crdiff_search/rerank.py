@@ -76,10 +76,7 @@ def parse_weights(text: str | Sequence[float]) -> tuple[float, ...]:
 
 def load_study(study_dir: str | Path):
     """``(config, study_id, trials DataFrame)`` of a study output folder."""
-    import pandas as pd
-
-    from crdiff_search.config import ExperimentConfig
-    from crdiff_search.study_folder import CONFIG_FILE, STUDY_FILE, TABLE_FILE
+    from crdiff_search.study_folder import CONFIG_FILE, STUDY_FILE, TABLE_FILE, StudyFolder
 
     folder = Path(study_dir)
     missing = [n for n in (TABLE_FILE, CONFIG_FILE, STUDY_FILE) if not (folder / n).is_file()]
@@ -88,9 +85,9 @@ def load_study(study_dir: str | Path):
             f"{str(folder)!r} is not a finished study folder: missing {', '.join(missing)} "
             "(run `crdiff search --out DIR` first)"
         )
-    config = ExperimentConfig.from_toml((folder / CONFIG_FILE).read_text(), base_dir=folder)
-    study_id = json.loads((folder / STUDY_FILE).read_text())["study_id"]
-    return config, study_id, pd.read_parquet(folder / TABLE_FILE)
+    study = StudyFolder(folder)
+    config = study.read_config()
+    return config, study.read_study()["study_id"], study.read_table()
 
 
 def top_trials(trials, groups: Sequence[str], k: int, mode: str) -> list[dict[str, Any]]:
@@ -630,7 +627,11 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
                 f"{str(folder)!r} has no {RERANK_FILE}: run `crdiff rerank {study_dir}` first, "
                 "or export the best search trial with --no-rerank"
             )
-        info = json.loads(path.read_text())
+        from crdiff_search.study_folder import read_json
+
+        info = read_json(path, "re-rank result")
+        if not isinstance(info, dict) or not isinstance(info.get("winner"), dict):
+            raise UsageError(f"re-rank result {str(path)!r} has no winner: run `crdiff rerank` again")
         win = info["winner"]
         verdict = info.get("verdict") or verdict_of(
             win, config.objective.mode, top_is_dense=win["score_delta"] <= 0

@@ -67,8 +67,8 @@ def complete_rows(table: Path) -> pd.DataFrame | None:
     return frame[frame["state"] == "COMPLETE"]
 
 
-@pytest.mark.slow
-def test_sigkill_then_resume(tmp_path):
+def _experiment(tmp_path):
+    """A study of BUDGET trials on a tiny saved pipeline, each scoring call taking 1 s."""
     from crdiff_search.testing import tiny_sd_pipeline
 
     model = tmp_path / "model"
@@ -101,6 +101,12 @@ def test_sigkill_then_resume(tmp_path):
         after_search = false
     """)
     )
+    return out, calls, db, exp
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path):
+    out, calls, db, exp = _experiment(tmp_path)
     args = [str(exp), "--out", str(out)]
 
     first = crdiff(args)
@@ -221,3 +227,40 @@ def test_a_replayed_trial_keeps_its_recorded_row_exactly(tmp_path):
     replay = {**done, "finished_at": 1764687430.1287803, "replayed": True}  # a float round trip
     resumed.on_trial_complete(0, [], SimpleNamespace(trial_id="a", last_result=replay, **tag))
     pd.testing.assert_frame_equal(pd.read_parquet(path), recorded)
+
+
+@pytest.mark.slow
+def test_ctrl_c_exits_130_says_how_to_resume_and_a_copy_is_refused(tmp_path):
+    import shutil
+
+    out, _, _, exp = _experiment(tmp_path)
+    first = crdiff([str(exp), "--out", str(out)])
+    deadline = time.time() + 400
+    while time.time() < deadline and first.poll() is None:
+        rows = complete_rows(out / "trials.parquet")
+        if rows is not None and len(rows) >= 1:
+            break
+        time.sleep(0.2)
+    os.kill(first.pid, signal.SIGINT)
+    log, _ = first.communicate(timeout=300)
+    assert first.returncode == 130, log
+    assert f"crdiff search --out {out} --resume" in log and "interrupted after" in log
+    assert "Tuner.restore" not in log  # Ray's advice is not ours
+
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    refused = crdiff(["--out", str(copy), "--resume"])
+    text, _ = refused.communicate(timeout=120)
+    assert refused.returncode == 2 and "moved or copied" in text and "Traceback" not in text
+    before = pd.read_parquet(out / "trials.parquet")
+
+    changed = crdiff(["--out", str(out), "--resume", "--trials", str(BUDGET + 3)])
+    text, _ = changed.communicate(timeout=120)
+    assert changed.returncode == 2 and f"search.trials ({BUDGET} -> {BUDGET + 3})" in text
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "trials.parquet"), before)
+
+    second = crdiff(["--out", str(out), "--resume"])  # the saved experiment: nothing retyped
+    log, _ = second.communicate(timeout=400)
+    assert second.returncode == 0, log
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == BUDGET and (table["state"] == "COMPLETE").all()

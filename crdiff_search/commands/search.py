@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -68,7 +69,16 @@ def _search(args: argparse.Namespace) -> int:
     }
     if args.no_tracking:
         overrides["tracking.enabled"] = False
-    config = load_experiment(args.experiment, **overrides)
+    if args.resume and args.experiment is None:
+        # The study folder has its experiment: nothing needs retyping; a flag given must agree.
+        from crdiff_search.runner.study import check_resumable
+
+        out = Path(args.out or load_experiment(None).output_dir).resolve()
+        saved = check_resumable(out)
+        given = {k: v for k, v in overrides.items() if v is not None and k != "out"}
+        config = saved.replace(output=str(out), **_dotted(given))
+    else:
+        config = load_experiment(args.experiment, **overrides)
     if not args.no_rerank:
         from crdiff_search.config import check_heldout
 
@@ -95,6 +105,14 @@ def _search(args: argparse.Namespace) -> int:
         f"table: {result.table_path}",
         file=sys.stdout,
     )
+    if not result.complete:
+        why = "interrupted" if result.interrupted else "stopped"
+        print(
+            f"study {config.study} {why} after {result.finished} of {result.budget} trials; "
+            f"continue it with:\n  crdiff search --out {config.output_dir} --resume",
+            file=sys.stderr,
+        )
+        return 130 if result.interrupted else 1
     failed = result.states.get("FAILED", 0)
     if failed == result.n_trials:
         return 1
@@ -117,3 +135,9 @@ def _search(args: argparse.Namespace) -> int:
             )
         )
     return 0
+
+
+def _dotted(overrides: dict) -> dict:
+    from crdiff_search.config import OVERRIDE_ALIASES
+
+    return {OVERRIDE_ALIASES.get(k, k): v for k, v in overrides.items()}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 import os
 import uuid
@@ -16,7 +18,7 @@ from crdiff_search.config import ExperimentConfig
 from crdiff_search.errors import UsageError
 from crdiff_search.model_info import check_model, group_names
 from crdiff_search.runner.spec import TrackingTarget, WorkerSpec
-from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, STUDY_FILE, TABLE_FILE
+from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, TABLE_FILE, StudyFolder
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,33 @@ class StudyResult:
     parent_run_id: str | None
     n_trials: int
     states: dict[str, int] = field(default_factory=dict)
+    budget: int = 0
+    interrupted: bool = False  # stopped by SIGINT (Ctrl-C)
+
+    @property
+    def finished(self) -> int:
+        """Trials that used up their share of the budget (completed, failed or pruned)."""
+        return sum(self.states.get(k, 0) for k in records.DONE_STATES)
+
+    @property
+    def complete(self) -> bool:
+        return self.finished >= self.budget
+
+
+class _TuneStopWatch(logging.Filter):
+    """Notes Ray Tune's "stop signal received" (a SIGINT it caught) and hides its advice to
+    resume with ``Tuner.restore(...)``: ours (``crdiff search ... --resume``) is printed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Stop signal received" in message:
+            self.interrupted = True
+            return False
+        return "Tuner.restore(" not in message and "Resume experiment with" not in message
 
 
 def _ray_env(concurrency: int) -> None:
@@ -50,20 +79,87 @@ def _completed_rows(table_path: Path, groups) -> dict[str, dict]:
     """Trials already finished in an earlier run of the driver, keyed by trial id."""
     if not table_path.is_file():
         return {}
-    import pandas as pd
 
-    return records.completed_trials(pd.read_parquet(table_path), groups)
+    return records.completed_trials(StudyFolder(table_path.parent).read_table(), groups)
 
 
 def _study_id(out: Path, config: ExperimentConfig, resume: bool) -> str:
-    path = out / STUDY_FILE
-    if resume and path.is_file():
-        return json.loads(path.read_text())["study_id"]
+    folder = StudyFolder(out)
+    if resume:
+        return folder.read_study()["study_id"]  # checked by check_resumable
     study_id = f"{config.study}-{uuid.uuid4().hex[:8]}"
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"study_id": study_id, "study": config.study}) + "\n")
-    (out / CONFIG_FILE).write_text(config.to_toml())
+    record = {"study_id": study_id, "study": config.study, "folder": str(out)}
+    folder.study_file.write_text(json.dumps(record) + "\n")
+    folder.config.write_text(config.to_toml())
     return study_id
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+# Fields a resumed study may change: where its outputs go (a relative --out), not what it is.
+_RESUME_FREE = ("output",)
+
+
+def check_resumable(out: Path, config: ExperimentConfig | None = None) -> ExperimentConfig:
+    """Everything ``--resume`` needs from the study folder, checked before Ray starts; returns
+    the experiment the study started with. ``config`` (what the user asked for) must match it
+    field by field. A folder moved or copied since it was made is refused: Ray's saved state
+    points at the original folder and would write there."""
+    folder = StudyFolder(out)
+    if not folder.config.is_file():
+        raise UsageError(
+            f"--resume: no study to resume in {str(out)!r} (no {CONFIG_FILE}; start it without "
+            "--resume)"
+        )
+    before = folder.read_config()
+    if not folder.results(before.study).is_dir():
+        raise UsageError(
+            f"--resume: {str(out)!r} holds no Ray state ({RESULTS_FOLDER}/{before.study}): the "
+            "study never started its trials; start it again without --resume"
+        )
+    if not folder.study_file.is_file():
+        raise UsageError(
+            f"--resume: {folder.study_file} is missing: it holds the study id that ties the "
+            "study to its MLflow runs; restore it from a backup, or start a new study (--out "
+            "elsewhere)"
+        )
+    made_in = folder.read_study().get("folder")
+    if made_in and Path(made_in) != out:
+        raise UsageError(
+            f"--resume: {str(out)!r} is a moved or copied study (it was made in {made_in!r}); "
+            "Ray's saved state points at the original, so resuming here would write there. "
+            f"Resume it in {made_in!r}, or start a new study here"
+        )
+    if folder.table.is_file():
+        folder.read_table(columns=["trial_id", "state"])  # damaged: one clear error now
+    elif any(p.is_dir() for p in folder.results(before.study).iterdir()):
+        raise UsageError(
+            f"--resume: {folder.table} is missing but Ray has trial folders in "
+            f"{folder.results(before.study)}: resuming would lose their results. Restore "
+            "the file, or start a new study (--out elsewhere)"
+        )
+    if config is not None:
+        old, new = _flat(before.to_dict()), _flat(config.to_dict())
+        changed = [
+            f"{k} ({old.get(k)!r} -> {new.get(k)!r})"
+            for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in _RESUME_FREE
+        ]
+        if changed:
+            raise UsageError(
+                f"--resume: the experiment differs from the one the study started with in "
+                f"{'; '.join(changed)}. Resume with the same settings (or just `crdiff search "
+                f"--out {out} --resume`, which reads them from {folder.config})"
+            )
+    return before
 
 
 def _search_alg(config: ExperimentConfig, groups):
@@ -184,18 +280,7 @@ def run_study(
     exp_path = out / RESULTS_FOLDER / config.study
     table_path = out / TABLE_FILE
     if resume:
-        stored = out / CONFIG_FILE
-        if not stored.is_file() or not exp_path.is_dir():
-            raise UsageError(
-                f"--resume: no study to resume in {str(out)!r} (start it without --resume)"
-            )
-        before = ExperimentConfig.from_toml(stored.read_text())
-        if before.to_dict() != config.to_dict():
-            changed = [k for k, v in config.to_dict().items() if before.to_dict().get(k) != v]
-            raise UsageError(
-                f"--resume: the experiment differs from the one the study started with in "
-                f"{', '.join(changed)}; resume with the same settings ({stored})"
-            )
+        check_resumable(out, config)
     elif exp_path.exists():
         raise UsageError(
             f"{str(out)!r} already holds study {config.study!r}: pass --resume to continue it or "
@@ -244,6 +329,7 @@ def run_study(
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     trainable = tune.with_resources(tune.with_parameters(PruningTrainable, spec=spec), resources)
     status = "FAILED"
+    interrupted = False
     try:
         if resume:
             tuner = tune.Tuner.restore(
@@ -282,14 +368,24 @@ def run_study(
                     verbose=0,
                 ),
             )
-        tuner.fit()
+        watch = _TuneStopWatch()
+        tune_log = logging.getLogger("ray.tune.tune")
+        tune_log.addFilter(watch)
+        try:
+            tuner.fit()
+        finally:
+            tune_log.removeFilter(watch)
+            interrupted = watch.interrupted
         status = "FINISHED"
+    except KeyboardInterrupt:
+        interrupted = True  # a second Ctrl-C: Tune's handler was gone
+        raise
     finally:
         if started_ray:
             ray.shutdown()
         result = summarize(table_path, out, config, groups, tracking)
-        finished = sum(result.states.get(k, 0) for k in ("COMPLETE", "FAILED", "PRUNED"))
-        if status == "FINISHED" and finished < config.search.trials:
+        result = dataclasses.replace(result, interrupted=interrupted)
+        if status == "FINISHED" and not result.complete:
             status = "KILLED"  # interrupted: --resume continues it
         if tracker is not None:
             _reconcile_tracking(tracker, tracking.parent_run_id, table_path, groups)
@@ -366,6 +462,7 @@ def summarize(
         parent_run_id=tracking.parent_run_id if tracking else None,
         n_trials=len(frame),
         states=states,
+        budget=config.search.trials,
     )
 
 
