@@ -6,6 +6,8 @@ import json
 import os
 import sys
 
+import pytest
+
 from crdiff_search.cli import main
 
 
@@ -121,3 +123,74 @@ def test_dry_run_checks_the_tracking_server_in_seconds_with_one_line(capsys, tmp
         assert rc == 2 and "cannot write in" in capsys.readouterr().err
     finally:
         locked.chmod(0o700)
+
+
+def _study_folder(tmp_path):
+    """A study folder as `crdiff search` leaves it, without having run anything."""
+    from crdiff_search.config import load_experiment
+
+    out = tmp_path / "study"
+    config = load_experiment(None, out=str(out))
+    (out / "ray" / config.study / "PruningTrainable_00000").mkdir(parents=True)
+    (out / "experiment.toml").write_text(config.to_toml())
+    (out / "study.json").write_text(
+        json.dumps({"study_id": "testbed-0", "study": config.study, "folder": str(out)})
+    )
+    pd = __import__("pandas")
+    pd.DataFrame({"trial_id": ["a"], "trial_index": [0], "state": ["COMPLETE"]}).to_parquet(
+        out / "trials.parquet"
+    )
+    return out
+
+
+def _damage(out, case):
+    if case == "zero-byte table":
+        (out / "trials.parquet").write_bytes(b"")
+    elif case == "truncated table":
+        data = (out / "trials.parquet").read_bytes()
+        (out / "trials.parquet").write_bytes(data[: len(data) // 2])
+    elif case == "binary experiment":
+        (out / "experiment.toml").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe\x00")
+    elif case == "latin-1 experiment":
+        (out / "experiment.toml").write_bytes('study = "caf\xe9"\n'.encode("latin-1"))
+    elif case == "missing table":
+        (out / "trials.parquet").unlink()
+    elif case == "missing study file":
+        (out / "study.json").unlink()
+    elif case == "corrupt study file":
+        (out / "study.json").write_text("{not json")
+    elif case == "moved folder":
+        (out / "study.json").write_text(json.dumps({"study_id": "x", "folder": "/elsewhere"}))
+
+
+DAMAGE = {
+    "zero-byte table": "damaged or not a Parquet file",
+    "truncated table": "damaged or not a Parquet file",
+    "binary experiment": "is not UTF-8 text",
+    "latin-1 experiment": "is not UTF-8 text",
+    "missing table": "resuming would lose their results",
+    "missing study file": "study.json is missing",
+    "corrupt study file": "is not valid JSON",
+    "moved folder": "moved or copied",
+}
+
+
+@pytest.mark.parametrize("case", list(DAMAGE))
+def test_damaged_study_folders_are_refused_before_ray_with_one_line(case, capsys, tmp_path):
+    out = _study_folder(tmp_path)
+    _damage(out, case)
+    rc = main(["search", "--out", str(out), "--resume", "--no-tracking"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert DAMAGE[case] in err and "Traceback" not in err and len(err.splitlines()) == 1
+    assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
+
+
+@pytest.mark.parametrize("case", ["zero-byte table", "binary experiment", "corrupt study file"])
+def test_rerank_and_export_refuse_damaged_folders_with_one_line(case, capsys, tmp_path):
+    out = _study_folder(tmp_path)
+    _damage(out, case)
+    for argv in (["rerank", str(out)], ["export", str(out), "--allow-null"]):
+        rc = main(argv)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and DAMAGE[case] in err and "Traceback" not in err, (argv, err)

@@ -104,8 +104,9 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-# Fields a resumed study may change: where its outputs go (a relative --out), not what it is.
-_RESUME_FREE = ("output",)
+# Fields a resumed study may change: where its outputs go (a relative --out) and where it is
+# tracked (--no-tracking, a moved server), not what it searches.
+_RESUME_FREE = ("output", "tracking.enabled", "tracking.uri")
 
 
 def check_resumable(out: Path, config: ExperimentConfig | None = None) -> ExperimentConfig:
