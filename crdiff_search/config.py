@@ -36,7 +36,6 @@ from crdiff_search.resolution import parse_resolution
 from crdiff_search.testbed import DEFAULT_GUIDANCE, DEFAULT_STEPS
 
 CONFIG_VERSION = 1
-DEVICES = ("auto", "cpu", "cuda", "mps")
 MODES = ("max", "min")
 # Short names accepted by load_experiment(**overrides) and the CLI flags.
 OVERRIDE_ALIASES = {
@@ -345,7 +344,9 @@ def load_experiment(path: str | os.PathLike | None = None, **overrides: Any) -> 
     else:
         p = Path(path)
         data = read_toml(p, "experiment file")
-        data.setdefault("study", p.stem)
+        # Without `study = ...` the file names the study; characters a folder name or an
+        # MLflow run should not carry become "-" ("my exp.toml" -> "my-exp").
+        data.setdefault("study", re.sub(r"[^A-Za-z0-9._-]+", "-", p.stem).strip("-.") or "study")
         base_dir = p.resolve().parent
     for key, value in overrides.items():
         if value is None:

@@ -109,7 +109,7 @@ def load_grid(path: str | os.PathLike, *, cwd: str | os.PathLike | None = None) 
     if unknown:
         raise _grid_error(path, f"unknown key(s) {unknown}; valid: {', '.join(GRID_KEYS)}")
     version = data.get("version", GRID_VERSION)
-    if version != GRID_VERSION:
+    if isinstance(version, bool) or version != GRID_VERSION:
         raise _grid_error(path, f"version = {version!r}; valid: {GRID_VERSION}")
     out = data.get("out", "runs")
     command = data.get("command", "crdiff")

@@ -35,7 +35,10 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 
 def resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
+    from crdiff_search.names import check_device
+
+    device = check_device(device or "auto")
+    if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 

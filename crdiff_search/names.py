@@ -28,3 +28,17 @@ SCHEDULERS = {
     "pndm": "PNDMScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+# Devices by name: these, or "cuda:N" for the N-th GPU.
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it is one of :data:`DEVICES` or ``cuda:N``; else a usage error listing the
+    valid forms."""
+    import re
+
+    from crdiff_search.errors import UsageError
+
+    if isinstance(device, str) and (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
+        return device
+    raise UsageError(f"device {device!r} is not valid; valid: auto, cpu, cuda, cuda:N, mps")

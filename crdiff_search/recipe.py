@@ -244,8 +244,12 @@ class Recipe:
         ):
             raise RecipeError(f"recipe steps {self.steps!r} must be a positive integer")
         if self.guidance is not None:
-            if isinstance(self.guidance, bool) or not isinstance(self.guidance, int | float):
-                raise RecipeError(f"recipe guidance {self.guidance!r} must be a number")
+            if (
+                isinstance(self.guidance, bool)
+                or not isinstance(self.guidance, int | float)
+                or not math.isfinite(self.guidance)
+            ):
+                raise RecipeError(f"recipe guidance {self.guidance!r} must be a finite number")
             object.__setattr__(self, "guidance", float(self.guidance))
         for name in (
             "model_revision",
@@ -294,7 +298,8 @@ class Recipe:
         return data
 
     def to_json(self, *, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, sort_keys=True)
+        # allow_nan=False: a recipe is never written with NaN or infinity in it
+        return json.dumps(self.to_dict(), indent=indent, sort_keys=True, allow_nan=False)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -311,7 +316,7 @@ class Recipe:
         data = dict(data)
         checksum = data.pop("checksum", None)
         version = data.get("schema_version", RECIPE_VERSION)
-        if version != RECIPE_VERSION:
+        if isinstance(version, bool) or version != RECIPE_VERSION:
             raise RecipeError(
                 f"recipe schema_version {version!r} is not supported by this version of "
                 f"crdiff-search (supported: {RECIPE_VERSION})"
@@ -326,6 +331,10 @@ class Recipe:
         if missing:
             raise RecipeError(f"recipe is missing required fields {missing}")
         if data.get("poa_window") is not None:
+            if not isinstance(data["poa_window"], list | tuple):
+                raise RecipeError(
+                    f"recipe poa_window must be null or [lo, hi], got {data['poa_window']!r}"
+                )
             data["poa_window"] = tuple(data["poa_window"])
         if "partition" in data:
             data["partition"] = PartitionSpec.from_dict(data["partition"])
@@ -341,8 +350,8 @@ class Recipe:
                 )
             if checksum != recipe.checksum:
                 raise RecipeIntegrityError(
-                    f"recipe checksum mismatch (stored {str(checksum)[:12]}..., computed "
-                    f"{recipe.checksum[:12]}...): the recipe was modified after export"
+                    f"recipe checksum mismatch (stored {checksum}, computed "
+                    f"{recipe.checksum}): the recipe was modified after export"
                 )
         return recipe
 
@@ -360,7 +369,13 @@ class Recipe:
         if not path.is_file():
             raise RecipeError(f"recipe file {str(path)!r} does not exist")
         try:
-            return cls.from_json(path.read_text(encoding="utf-8"), verify=verify)
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise RecipeError(
+                f"recipe file {str(path)!r} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from None
+        try:
+            return cls.from_json(text, verify=verify)
         except RecipeError as exc:
             raise type(exc)(f"{path}: {exc}") from None
 

@@ -20,6 +20,7 @@ alias only ever moves forward to the highest version exported for that resolutio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -429,7 +430,12 @@ class Registry:
                     self.client.search_model_versions,
                     f"name = '{registered.name}'",
                 )
-                entries.extend(self._entry(registered.name, key, mv) for mv in versions)
+                for mv in versions:
+                    entry = self._entry(registered.name, key, mv)
+                    # A searched version carries no aliases in MLflow's answer: the registered
+                    # model's alias map says which one each resolution points at.
+                    held = sorted(a for a, v in aliases.items() if v == entry.version)
+                    entries.append(dataclasses.replace(entry, aliases=held or entry.aliases))
             else:
                 for _alias, number in aliases.items():
                     mv = self._call(

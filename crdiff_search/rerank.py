@@ -631,7 +631,9 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
 
         info = read_json(path, "re-rank result")
         if not isinstance(info, dict) or not isinstance(info.get("winner"), dict):
-            raise UsageError(f"re-rank result {str(path)!r} has no winner: run `crdiff rerank` again")
+            raise UsageError(
+                f"re-rank result {str(path)!r} has no winner: run `crdiff rerank` again"
+            )
         win = info["winner"]
         verdict = info.get("verdict") or verdict_of(
             win, config.objective.mode, top_is_dense=win["score_delta"] <= 0

@@ -19,7 +19,6 @@ from crdiff_search.config import (
     _STUDY_NAME,
     _TOP_LEVEL,
     CONFIG_VERSION,
-    DEVICES,
     MODES,
     ExperimentConfig,
     ModelSpec,
@@ -234,6 +233,16 @@ def import_plugins(data: Mapping[str, Any]) -> None:
         raise ConfigErrors(problems)
 
 
+def _device(value: Any) -> str:
+    from crdiff_search.names import check_device
+
+    _expect("model.device", value, "str")
+    try:
+        return check_device(value)
+    except UsageError as exc:
+        raise UsageError(f"model.{exc}") from None
+
+
 def _model(raw: dict) -> ModelSpec:
     source = _expect("model.source", raw.get("source", "testbed"), "str").strip()
     if not source:
@@ -253,7 +262,7 @@ def _model(raw: dict) -> ModelSpec:
         scheduler=_choice("model.scheduler", raw.get("scheduler", "default"), list(SCHEDULERS)),
         steps=steps,
         guidance=guidance,
-        device=_choice("model.device", raw.get("device", "auto"), DEVICES),
+        device=_device(raw.get("device", "auto")),
     )
 
 
@@ -286,7 +295,7 @@ def _prompts(raw: dict, model: ModelSpec, base_dir: Path | None) -> PromptSpec:
     seeds = raw.get("seeds", 0)
     if isinstance(seeds, list | tuple):
         seeds = tuple(_expect(f"prompts.seeds[{i}]", s, "int") for i, s in enumerate(seeds))
-        if len(seeds) < count:
+        if len(seeds) != count:
             raise UsageError(
                 f"prompts.seeds lists {len(seeds)} seeds for {count} prompts; give one per prompt "
                 "or a single base seed (an integer)"

@@ -32,6 +32,7 @@ __all__ = [
     "OBJECTIVES",
     "OBJECTIVE_NAMES",
     "Objective",
+    "check_options",
     "clear_objective_cache",
     "create_objective",
     "higher_is_better",
@@ -124,17 +125,32 @@ def _check_options(name: str, factory: Callable[..., Any], options: dict) -> Non
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         return
+    params = [
+        p.name
+        for p in signature.parameters.values()
+        if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+        unknown = sorted(set(options) - set(params))
+        if unknown:
+            detail = "option" + ("s " if len(unknown) > 1 else " ") + ", ".join(map(repr, unknown))
+            raise UsageError(
+                BAD_OPTION.format(name=name, detail=detail, valid=", ".join(params) or "no options")
+            )
     try:
         signature.bind(**options)
     except TypeError as err:
-        params = [
-            p.name
-            for p in signature.parameters.values()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
         raise UsageError(
-            BAD_OPTION.format(name=name, detail=str(err), valid=", ".join(params) or "no options")
+            BAD_OPTION.format(
+                name=name, detail=f"these options ({err})", valid=", ".join(params) or "no options"
+            )
         ) from None
+
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """A usage error if the scorer ``name`` does not take ``options`` (its signature is read;
+    nothing is built or loaded)."""
+    _check_options(name, OBJECTIVES.get(name), dict(options))
 
 
 def create_objective(name: str, **options: Any) -> Objective:

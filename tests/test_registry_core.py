@@ -109,7 +109,11 @@ def test_list_and_show(filled):
         ("testbed", "96x96", 3),
     ]
     assert rows[1]["score"] == pytest.approx(0.55) and rows[1]["dense_score"] == pytest.approx(0.41)
-    assert len(reg.list("testbed", all_versions=True)) == 3
+    every = [e.to_row() for e in reg.list("testbed", all_versions=True)]
+    assert len(every) == 3
+    # the versions the aliases point at are current, the superseded one is not
+    current = {(r["resolution"], r["version"]): r["current"] for r in every}
+    assert current == {("64x48", 2): True, ("96x96", 3): True, ("64x48", 1): False}
     entry = reg.show("testbed", version=1)
     assert entry.recipe.poa_w == 1.25 and entry.resolution_str == "64x48"
     with pytest.raises(RecipeNotFoundError, match="no registry version 9"):

@@ -227,6 +227,11 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
             f"the {config.partition.granularity!r} partition of the model has no groups"
         )
     build_sampler(config)  # its option values, checked before Ray starts
+    from crdiff_search.objectives import check_options
+    from crdiff_search.runner.spec import objective_terms
+
+    for term in objective_terms(config.objective):  # each scorer's options, by its signature
+        check_options(term.name, term.options)
     if config.tracking.enabled:
         from crdiff_search.tracking import check_tracking_uri
 
