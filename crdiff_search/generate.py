@@ -124,6 +124,11 @@ def generate(
         raise UsageError("give at least one --prompt TEXT or a --prompts FILE")
     if steps is not None and steps < 1:
         raise UsageError(f"--steps {steps} must be at least 1")
+    from crdiff_search.names import DTYPES, check_device
+
+    check_device(device)
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype!r} is not valid; valid: {', '.join(DTYPES)}")
     poa_w = check_weight(poa_w) if poa_w is not None else None
     window = PoaWindow.parse(poa_window) if poa_window is not None else None
     if compare and (recipe is None or recipe == "none"):
