@@ -364,6 +364,9 @@ class StudyTracker:
         self._statuses: dict[str, dict[str, str]] = {}
         self._executor = None
         self._pending: list = []
+        # Background writes that failed so far, and the last error (shown by the driver).
+        self.failures = 0
+        self.last_failure = ""
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -662,6 +665,22 @@ class StudyTracker:
         self._statuses[parent_run_id] = {tid: run.info.status for tid, run in keepers.items()}
         return dict(found)
 
+    def finished_trial_results(self, parent_run_id: str) -> dict[str, dict[str, dict]]:
+        """``{trial_id: {"params", "metrics"}}`` of the trial runs that finished complete
+        under the study run (what a resumed study can replay instead of running again)."""
+        runs = self._search(
+            f"tags.`{PARENT_TAG}` = {_quote(parent_run_id)} and tags.`{KIND_TAG}` = 'trial'"
+        )
+        by_trial: dict[str, list] = {}
+        for run in runs:
+            by_trial.setdefault(run.data.tags.get(TRIAL_TAG, ""), []).append(run)
+        out = {}
+        for tid, group in by_trial.items():
+            run = self._dedupe(group, f"trial {tid}")
+            if run.info.status == "FINISHED" and run.data.tags.get("crdiff.state") == "COMPLETE":
+                out[tid] = {"params": dict(run.data.params), "metrics": dict(run.data.metrics)}
+        return out
+
     def trial_statuses(self, parent_run_id: str) -> dict[str, str]:
         """``{trial_id: MLflow run status}`` (FINISHED, FAILED, KILLED, RUNNING) under the
         study run, read afresh."""
@@ -769,9 +788,15 @@ class StudyTracker:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="crdiff-mlflow")
         future = self._executor.submit(fn, *args, **kwargs)
         what = getattr(fn, "__name__", "write")
-        future.add_done_callback(lambda f, what=what: _warn_failed(f, what))
+        future.add_done_callback(lambda f, what=what: self._note_failure(f, what))
         self._pending = [f for f in self._pending if not f.done()] + [future]
         return future
+
+    def _note_failure(self, future, what: str) -> None:
+        if not future.cancelled() and future.exception() is not None:
+            self.failures += 1
+            self.last_failure = f"{type(future.exception()).__name__}: {future.exception()}"
+        _warn_failed(future, what)
 
     def flush(self, timeout: float | None = None) -> list[BaseException]:
         """Wait for background writes; returns their errors (empty when all succeeded)."""

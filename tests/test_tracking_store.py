@@ -325,3 +325,58 @@ def test_a_rerank_logged_twice_is_one_run_under_its_study(db_uri):
     assert run.data.metrics["winner_score"] == 0.7 and run.info.status == "FINISHED"
     reranks = tracker._search(f"tags.`{STUDY_TAG}` = 's-rerank' and tags.`{KIND_TAG}` = 'rerank'")
     assert len(reranks) == 2
+
+
+def test_failed_background_writes_are_counted_and_the_driver_says_so_once(db_uri, tmp_path, capsys):
+    from crdiff_search.runner.table import TrialTable
+
+    tracker = StudyTracker(db_uri, "crdiff-test")
+
+    def down():
+        raise ConnectionError("server gone")
+
+    tracker.submit(down)
+    tracker.submit(down)
+    errors = tracker.flush(timeout=10)
+    assert errors and tracker.failures == 2  # flush returns those still pending
+    assert tracker.last_failure == "ConnectionError: server gone"
+
+    table = TrialTable(
+        tmp_path / "trials.parquet", groups=["down"], sampler="anneal", seed=0, n_chunks=1, budget=2
+    )
+    result = {"tracking_failures": 2, "tracking_error": tracker.last_failure}
+    table._check_tracking(result)
+    table._check_tracking({**result, "tracking_failures": 3})
+    err = capsys.readouterr().err
+    assert err.count("MLflow writes are failing") == 1
+    assert "server gone" in err and f"--out {tmp_path} --resume" in err
+
+
+def test_resume_replays_a_trial_whose_result_reached_mlflow_but_not_the_table(db_uri, tmp_path):
+    import pandas as pd
+
+    from crdiff_search.config import load_experiment
+    from crdiff_search.runner.spec import TrackingTarget
+    from crdiff_search.runner.study import _completed
+
+    tracker = StudyTracker(db_uri, "crdiff-test")
+    parent = tracker.start_study("s-replay", {}, {}, "a = 1\n")
+    tracker.log_trial(parent, "t0", {"ratio.down": 0.0}, {"score": 0.5}, {"total": 1.0})
+    tracker.log_trial(
+        parent, "t1", {"ratio.down": 0.3}, {"score": 0.7, "n_images": 4}, {"generate": 2.0}
+    )
+    tracker.log_trial(parent, "t2", {"ratio.down": 0.4}, state="FAILED", error="boom")
+    table = tmp_path / "trials.parquet"
+    pd.DataFrame(
+        {"trial_id": ["t0", "t1"], "trial_index": [0, 1], "state": ["COMPLETE", "RUNNING"],
+         "ratio.down": [0.0, 0.3], "score": [0.5, None]}
+    ).to_parquet(table)  # fmt: skip
+    config = load_experiment(None)
+    target = TrackingTarget(db_uri, "crdiff-test", parent)
+    done = _completed(table, ["down"], config, tracker, target)
+    assert set(done) == {"t0", "t1"}  # t1 from MLflow; the failed t2 runs again
+    replay = done["t1"]
+    assert replay["ratios"] == {"down": 0.3}
+    assert replay["metrics"]["score"] == 0.7 and replay["metrics"]["n_images"] == 4
+    assert replay["metrics"]["chunk"] == len(config.chunks())
+    assert replay["metrics"]["t_generate"] == 2.0

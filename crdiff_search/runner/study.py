@@ -95,6 +95,36 @@ def _study_id(out: Path, config: ExperimentConfig, resume: bool) -> str:
     return study_id
 
 
+def _completed(table_path: Path, groups, config, tracker, tracking) -> dict[str, dict]:
+    """What a resumed study replays: the trials its table records as complete, and those
+    whose result reached MLflow (a FINISHED child run) but not the table before the driver
+    stopped."""
+    done = _completed_rows(table_path, groups)
+    if tracker is None:
+        return done
+    try:
+        stored = tracker.finished_trial_results(tracking.parent_run_id)
+    except Exception:  # MLflow down: the table alone
+        return done
+    n_chunks = len(config.chunks())
+    for trial_id, data in stored.items():
+        if trial_id in done:
+            continue
+        try:
+            ratios = {g: float(data["params"][records.ratio_column(g)]) for g in groups}
+        except (KeyError, ValueError):
+            continue
+        metrics = {k: float(v) for k, v in data["metrics"].items() if records.is_number(v)}
+        if "score" not in metrics:
+            continue
+        metrics.update({records.ratio_column(g): r for g, r in ratios.items()})
+        metrics["chunk"] = n_chunks
+        if "n_images" in metrics:
+            metrics["n_images"] = int(metrics["n_images"])
+        done[trial_id] = {"ratios": ratios, "metrics": metrics}
+    return done
+
+
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
@@ -330,7 +360,7 @@ def run_study(
         config,
         groups=tuple(groups),
         tracking=tracking,
-        completed=_completed_rows(table_path, groups) if resume else {},
+        completed=_completed(table_path, groups, config, tracker, tracking) if resume else {},
     )
     resources = {"cpu": config.resources.cpu, "gpu": config.resources.gpu}
     trainable = tune.with_resources(tune.with_parameters(PruningTrainable, spec=spec), resources)
@@ -434,7 +464,12 @@ def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
     except Exception as exc:
         import sys
 
-        print(f"warning: MLflow: could not check the trials' runs: {exc}", file=sys.stderr)
+        print(
+            f"warning: MLflow: could not check the trials' runs ({exc}); the trial table "
+            f"keeps every result: when the tracking server is back, `crdiff search --out "
+            f"{table_path.parent} --resume` writes the missing runs",
+            file=sys.stderr,
+        )
         return 0
 
 
@@ -489,7 +524,11 @@ def _finish_tracking(tracker, parent: str, result: StudyResult, status: str) -> 
     except Exception as exc:
         import sys
 
-        print(f"warning: MLflow: could not close the study run: {exc}", file=sys.stderr)
+        print(
+            f"warning: MLflow: could not close the study run ({exc}); `crdiff search --out "
+            f"{result.table_path.parent} --resume` closes it when the server is back",
+            file=sys.stderr,
+        )
 
 
 def _flat_params(config: ExperimentConfig) -> dict[str, Any]:

@@ -147,6 +147,22 @@ class TrialTable(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self._fill(self._row(trial), result)
+        self._check_tracking(result)
+
+    def _check_tracking(self, result: Mapping[str, Any]) -> None:
+        """Say once, while the study runs, that MLflow writes fail (the table keeps every
+        result, and a resume writes the missing runs)."""
+        if not result.get("tracking_failures") or getattr(self, "_tracking_warned", False):
+            return
+        self._tracking_warned = True
+        print(
+            f"warning: MLflow writes are failing ({result.get('tracking_error', '?')}); the "
+            f"study goes on and {self.path.name} keeps every result. When the tracking "
+            f"server is back, `crdiff search --out {self.path.parent} --resume` writes the "
+            "missing runs",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)

@@ -205,6 +205,10 @@ class PruningTrainable(tune.Trainable):
                 metrics[f"score.{label}"] = value
         # Wall time of the trial so far (without the worker's one-time load).
         metrics["t_total"] = metrics["finished_at"] - self._started_at
+        if self._tracker is not None and self._tracker.failures:
+            # MLflow writes of earlier trials failed on this worker: the driver says so now.
+            metrics["tracking_failures"] = self._tracker.failures
+            metrics["tracking_error"] = self._tracker.last_failure[:300]
         if done:
             self._track(metrics, is_dense)
         return metrics
