@@ -651,15 +651,19 @@ class StudyTracker:
 
     # -- trials ---------------------------------------------------------------------------
 
-    def trial_runs(self, parent_run_id: str) -> dict[str, str]:
-        """``{trial_id: run_id}`` for every trial run under the study run."""
+    def _trial_keepers(self, parent_run_id: str) -> dict[str, Any]:
+        """``{trial_id: run}`` under the study run, duplicates collapsed to the oldest."""
         runs = self._search(
             f"tags.`{PARENT_TAG}` = {_quote(parent_run_id)} and tags.`{KIND_TAG}` = 'trial'"
         )
         by_trial: dict[str, list] = {}
         for run in runs:
             by_trial.setdefault(run.data.tags.get(TRIAL_TAG, ""), []).append(run)
-        keepers = {tid: self._dedupe(group, f"trial {tid}") for tid, group in by_trial.items()}
+        return {tid: self._dedupe(group, f"trial {tid}") for tid, group in by_trial.items()}
+
+    def trial_runs(self, parent_run_id: str) -> dict[str, str]:
+        """``{trial_id: run_id}`` for every trial run under the study run."""
+        keepers = self._trial_keepers(parent_run_id)
         found = {tid: run.info.run_id for tid, run in keepers.items()}
         self._children[parent_run_id] = found  # log_trial's cache, kept current
         self._statuses[parent_run_id] = {tid: run.info.status for tid, run in keepers.items()}
@@ -668,15 +672,8 @@ class StudyTracker:
     def finished_trial_results(self, parent_run_id: str) -> dict[str, dict[str, dict]]:
         """``{trial_id: {"params", "metrics"}}`` of the trial runs that finished complete
         under the study run (what a resumed study can replay instead of running again)."""
-        runs = self._search(
-            f"tags.`{PARENT_TAG}` = {_quote(parent_run_id)} and tags.`{KIND_TAG}` = 'trial'"
-        )
-        by_trial: dict[str, list] = {}
-        for run in runs:
-            by_trial.setdefault(run.data.tags.get(TRIAL_TAG, ""), []).append(run)
         out = {}
-        for tid, group in by_trial.items():
-            run = self._dedupe(group, f"trial {tid}")
+        for tid, run in self._trial_keepers(parent_run_id).items():
             if run.info.status == "FINISHED" and run.data.tags.get("crdiff.state") == "COMPLETE":
                 out[tid] = {"params": dict(run.data.params), "metrics": dict(run.data.metrics)}
         return out
