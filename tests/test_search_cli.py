@@ -168,7 +168,6 @@ DAMAGE = {
     "truncated table": "damaged or not a Parquet file",
     "binary experiment": "is not UTF-8 text",
     "latin-1 experiment": "is not UTF-8 text",
-    "missing table": "resuming would lose their results",
     "missing study file": "study.json is missing",
     "corrupt study file": "is not valid JSON",
     "moved folder": "moved or copied",
@@ -194,3 +193,27 @@ def test_rerank_and_export_refuse_damaged_folders_with_one_line(case, capsys, tm
         rc = main(argv)
         err = capsys.readouterr().err.strip()
         assert rc == 2 and DAMAGE[case] in err and "Traceback" not in err, (argv, err)
+
+
+def test_a_missing_trial_table_is_rebuilt_from_rays_results(tmp_path, capsys):
+    import pandas as pd
+
+    from crdiff_search.records import table_columns
+    from crdiff_search.runner.study import check_resumable
+
+    out = _study_folder(tmp_path)
+    (out / "trials.parquet").unlink()
+    trial = next((out / "ray").glob("*/PruningTrainable_00000"))
+    done = {"trial_id": "a1", "experiment_tag": "1_down=0", "score": 0.4, "score_delta": 0.0,
+            "chunk": 1, "n_images": 64, "ratio.down": 0.0, "ratio.mid": 0.0, "ratio.up": 0.0,
+            "t_total": 3.0, "finished_at": 1764687430.5}  # fmt: skip
+    (trial / "result.json").write_text(json.dumps({**done, "chunk": 0}) + "\n" + json.dumps(done))
+    unfinished = trial.parent / "PruningTrainable_00001"
+    unfinished.mkdir()
+    (unfinished / "result.json").write_text(json.dumps({**done, "trial_id": "b2", "chunk": 0}))
+    check_resumable(out)
+    assert "rebuilt it from Ray's results" in capsys.readouterr().err
+    table = pd.read_parquet(out / "trials.parquet")
+    assert table["trial_id"].tolist() == ["a1"] and table["state"].tolist() == ["COMPLETE"]
+    assert table.loc[0, "score"] == 0.4 and table.loc[0, "trial_index"] == 0
+    assert list(table.columns) == table_columns(["down", "mid", "up"])

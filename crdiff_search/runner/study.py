@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import sys
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -125,6 +126,46 @@ def _completed(table_path: Path, groups, config, tracker, tracking) -> dict[str,
     return done
 
 
+def rebuild_table(folder: StudyFolder, config: ExperimentConfig) -> int:
+    """Write ``trials.parquet`` again from Ray Tune's own results (each trial folder's
+    ``result.json``: the last result a trial reported); returns the completed trials found."""
+    import pandas as pd
+
+    n_chunks = len(config.chunks())
+    rows, groups = [], None
+    for trial_dir in sorted(p for p in folder.results(config.study).iterdir() if p.is_dir()):
+        path = trial_dir / "result.json"
+        lines = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        try:
+            last = json.loads(next(ln for ln in reversed(lines) if ln.strip()))
+        except (StopIteration, json.JSONDecodeError):
+            continue
+        if last.get("chunk") != n_chunks or not records.is_number(last.get("score")):
+            continue  # not finished: Tune runs it again
+        found = [k[len(records.RATIO_PREFIX) :] for k in last if k.startswith(records.RATIO_PREFIX)]
+        groups = groups or found
+        head = str(last.get("experiment_tag", "")).split("_", 1)[0]
+        row = {k: last.get(k) for k in records.result_columns()}
+        row.update({records.ratio_column(g): last.get(records.ratio_column(g)) for g in groups})
+        row.update(
+            trial_id=str(last.get("trial_id", trial_dir.name)),
+            trial_index=int(head) - 1 if head.isdigit() else -1,
+            state="COMPLETE",
+            error="",
+            sampler=config.search.sampler,
+            seed=config.search.seed,
+            attempts=1,
+        )
+        for key in ("started_at", "finished_at"):
+            if records.is_number(last.get(key)):
+                row[key] = pd.Timestamp(last[key], unit="s", tz="UTC")
+        rows.append(row)
+    frame = records.to_frame(rows, groups or [])
+    folder.table.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(folder.table, index=False)
+    return len(rows)
+
+
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(data, dict):
         out: dict[str, Any] = {}
@@ -172,10 +213,11 @@ def check_resumable(out: Path, config: ExperimentConfig | None = None) -> Experi
     if folder.table.is_file():
         folder.read_table(columns=["trial_id", "state"])  # damaged: one clear error now
     elif any(p.is_dir() for p in folder.results(before.study).iterdir()):
-        raise UsageError(
-            f"--resume: {folder.table} is missing but Ray has trial folders in "
-            f"{folder.results(before.study)}: resuming would lose their results. Restore "
-            "the file, or start a new study (--out elsewhere)"
+        n = rebuild_table(folder, before)
+        print(
+            f"note: {folder.table} was missing; rebuilt it from Ray's results in "
+            f"{folder.results(before.study)} ({n} completed trials; unfinished ones run again)",
+            file=sys.stderr,
         )
     if config is not None:
         old, new = _flat(before.to_dict()), _flat(config.to_dict())
