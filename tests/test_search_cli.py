@@ -208,12 +208,19 @@ def test_a_missing_trial_table_is_rebuilt_from_rays_results(tmp_path, capsys):
             "chunk": 1, "n_images": 64, "ratio.down": 0.0, "ratio.mid": 0.0, "ratio.up": 0.0,
             "t_total": 3.0, "finished_at": 1764687430.5}  # fmt: skip
     (trial / "result.json").write_text(json.dumps({**done, "chunk": 0}) + "\n" + json.dumps(done))
+    # as Tune names a trial's folder, with no experiment_tag in its results
+    named = trial.parent / "PruningTrainable_c3_2_down=0.3000_2026-12-02_15-40-58"
+    named.mkdir()
+    tagless = {**done, "trial_id": "c3", "ratio.down": 0.3, "score": 0.6}
+    del tagless["experiment_tag"]
+    (named / "result.json").write_text(json.dumps(tagless) + "\n")
     unfinished = trial.parent / "PruningTrainable_00001"
     unfinished.mkdir()
     (unfinished / "result.json").write_text(json.dumps({**done, "trial_id": "b2", "chunk": 0}))
     check_resumable(out)
     assert "rebuilt it from Ray's results" in capsys.readouterr().err
     table = pd.read_parquet(out / "trials.parquet")
-    assert table["trial_id"].tolist() == ["a1"] and table["state"].tolist() == ["COMPLETE"]
-    assert table.loc[0, "score"] == 0.4 and table.loc[0, "trial_index"] == 0
+    assert table["trial_id"].tolist() == ["a1", "c3"]
+    assert table["state"].tolist() == ["COMPLETE", "COMPLETE"]
+    assert table["trial_index"].tolist() == [0, 1] and table["score"].tolist() == [0.4, 0.6]
     assert list(table.columns) == table_columns(["down", "mid", "up"])
