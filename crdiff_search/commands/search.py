@@ -116,7 +116,15 @@ def _search(args: argparse.Namespace) -> int:
     failed = result.states.get("FAILED", 0)
     if failed == result.n_trials:
         return 1
-    if config.rerank.after_search and not args.no_rerank:
+    from crdiff_search.study_folder import StudyFolder
+
+    done_before = args.resume and StudyFolder(config.output_dir).rerank_json.is_file()
+    if done_before and config.rerank.after_search and not args.no_rerank:
+        print(
+            f"held-out verdict: already in {StudyFolder(config.output_dir).rerank_json} "
+            f"(run `crdiff rerank {config.output_dir}` to measure it again)"
+        )
+    elif config.rerank.after_search and not args.no_rerank:
         from crdiff_search.commands.rerank import print_result
         from crdiff_search.rerank import rerank
 

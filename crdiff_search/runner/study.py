@@ -293,6 +293,10 @@ def _scheduler(config: ExperimentConfig):
 def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
     """Every check that can fail on user input, before Ray starts: returns the groups and a
     summary of the study (what ``--dry-run`` prints)."""
+    if config.tracking.enabled:
+        from crdiff_search.tracking import check_tracking_uri
+
+        check_tracking_uri(config.tracking.uri)  # seconds, not minutes, for a dead server
     info = check_model(config)
     if info is None:
         raise UsageError(
@@ -311,10 +315,6 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
 
     for term in objective_terms(config.objective):  # each scorer's options, by its signature
         check_options(term.name, term.options)
-    if config.tracking.enabled:
-        from crdiff_search.tracking import check_tracking_uri
-
-        check_tracking_uri(config.tracking.uri)  # seconds, not minutes, for a dead server
     prompts = config.prompt_list()
     summary = {
         "study": config.study,
