@@ -67,7 +67,7 @@ def complete_rows(table: Path) -> pd.DataFrame | None:
     return frame[frame["state"] == "COMPLETE"]
 
 
-def _experiment(tmp_path):
+def _experiment(tmp_path, tracking_uri=None):
     """A study of BUDGET trials on a tiny saved pipeline, each scoring call taking 1 s."""
     from crdiff_search.testing import tiny_sd_pipeline
 
@@ -96,7 +96,7 @@ def _experiment(tmp_path):
         trials = {BUDGET}
         concurrency = 1
         [tracking]
-        uri = "sqlite:///{db}"
+        uri = "{tracking_uri or f"sqlite:///{db}"}"
         [rerank]
         after_search = false
     """)
@@ -264,3 +264,70 @@ def test_ctrl_c_exits_130_says_how_to_resume_and_a_copy_is_refused(tmp_path):
     assert second.returncode == 0, log
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == BUDGET and (table["state"] == "COMPLETE").all()
+
+
+def _mlflow_server(folder: Path, port: int) -> subprocess.Popen:
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{folder / 'server.db'}",
+         "--default-artifact-root", str(folder / "artifacts")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    import urllib.request
+
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                return server
+        except OSError:
+            time.sleep(0.5)
+    os.killpg(server.pid, signal.SIGKILL)
+    raise AssertionError("the MLflow server did not start")
+
+
+@pytest.mark.slow
+def test_tracking_server_down_mid_study_then_resume_backfills(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    out, _, _, exp = _experiment(tmp_path, tracking_uri=uri)
+    server = _mlflow_server(tmp_path, port)
+    try:
+        first = crdiff([str(exp), "--out", str(out)])
+        deadline = time.time() + 400
+        while time.time() < deadline and first.poll() is None:
+            rows = complete_rows(out / "trials.parquet")
+            if rows is not None and len(rows) >= 2:
+                break
+            time.sleep(0.2)
+        os.killpg(server.pid, signal.SIGKILL)  # the server goes away mid-study
+        server.wait()
+        log, _ = first.communicate(timeout=600)
+        # the study itself is not harmed: every trial completes, and the user is told how
+        # MLflow gets its missing runs
+        assert first.returncode == 0, log
+        table = pd.read_parquet(out / "trials.parquet")
+        assert len(table) == BUDGET and (table["state"] == "COMPLETE").all()
+        assert f"crdiff search --out {out} --resume" in log, log
+
+        server = _mlflow_server(tmp_path, port)
+        second = crdiff(["--out", str(out), "--resume"])
+        log, _ = second.communicate(timeout=400)
+        assert second.returncode == 0, log
+        from crdiff_search.tracking import KIND_TAG, StudyTracker
+
+        tracker = StudyTracker(uri, "resume")
+        runs = tracker.client.search_runs([tracker.experiment_id])
+        trials = [r for r in runs if r.data.tags.get(KIND_TAG) == "trial"]
+        studies = [r for r in runs if r.data.tags.get(KIND_TAG) == "study"]
+        assert len(studies) == 1 and studies[0].info.status == "FINISHED"
+        assert len(trials) == BUDGET and all(r.info.status == "FINISHED" for r in trials)
+        assert all("score" in r.data.metrics for r in trials)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
