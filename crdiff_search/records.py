@@ -76,6 +76,13 @@ def result_columns() -> tuple[str, ...]:
     return (*METRICS, *TIMINGS, *WORKER)
 
 
+def index_from_tag(tag: Any) -> int:
+    """0-based creation order from Tune's experiment tag (``"3_down=0.1,..."``: the 1-based
+    counter comes first); -1 when there is none."""
+    head = str(tag or "").split("_", 1)[0]
+    return int(head) - 1 if head.isdigit() else -1
+
+
 def groups_of(frame) -> tuple[str, ...]:
     """The ratio groups of a trial table, in column order."""
     return tuple(c[len(RATIO_PREFIX) :] for c in frame.columns if c.startswith(RATIO_PREFIX))

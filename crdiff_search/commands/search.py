@@ -118,10 +118,10 @@ def _search(args: argparse.Namespace) -> int:
         return 1
     from crdiff_search.study_folder import StudyFolder
 
-    done_before = args.resume and StudyFolder(config.output_dir).rerank_json.is_file()
-    if done_before and config.rerank.after_search and not args.no_rerank:
+    verdict = StudyFolder(config.output_dir).rerank_json
+    if args.resume and verdict.is_file() and config.rerank.after_search and not args.no_rerank:
         print(
-            f"held-out verdict: already in {StudyFolder(config.output_dir).rerank_json} "
+            f"held-out verdict: already in {verdict} "
             f"(run `crdiff rerank {config.output_dir}` to measure it again)"
         )
     elif config.rerank.after_search and not args.no_rerank:

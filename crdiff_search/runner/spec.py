@@ -4,8 +4,9 @@ The driver resolves the experiment (absolute model path, partition as recipes sp
 objective's terms, prompts, seeds and chunks) into this frozen, picklable value; trial workers
 and re-rank tasks read its fields and re-derive nothing.
 
->>> spec = WorkerSpec.for_study(config, groups)
->>> spec.load_key() == spec.with_prompts(["a red square"], [7]).load_key()  # same loaded model
+>>> spec = WorkerSpec.from_config(config, groups=("down", "mid", "up"))
+>>> held_out = WorkerSpec.from_config(config, prompts=["a red square"], seeds=[7])
+>>> spec.load_key() == held_out.load_key()  # same loaded model, other images
 True
 """
 
@@ -94,9 +95,6 @@ class WorkerSpec:
             chunks=tuple((i, min(i + size, len(prompts))) for i in range(0, len(prompts), size)),
             **fields,
         )
-
-    def replace(self, **changes: Any) -> WorkerSpec:
-        return dataclasses.replace(self, **changes)
 
     def load_key(self) -> str:
         """The fields that decide what a worker loads: equal keys share one loaded model."""

@@ -144,19 +144,15 @@ def rebuild_table(folder: StudyFolder, config: ExperimentConfig) -> int:
             continue  # not finished: Tune runs it again
         found = [k[len(records.RATIO_PREFIX) :] for k in last if k.startswith(records.RATIO_PREFIX)]
         groups = groups or found
-        # The 1-based trial counter: in the experiment tag when the result has it, else in
-        # Tune's folder name (<trainable>_<trial id>_<counter>_<params>_<date>).
-        head = str(last.get("experiment_tag", "")).split("_", 1)[0]
-        if not head.isdigit():
-            parts = trial_dir.name.split("_")
-            trial_id = str(last.get("trial_id", ""))
-            if trial_id in parts and parts.index(trial_id) + 1 < len(parts):
-                head = parts[parts.index(trial_id) + 1]
+        # The trial counter: in the experiment tag when the result has it, else in Tune's
+        # folder name, where the tag follows the trial id (<trainable>_<id>_<tag>_<date>).
+        trial_id = str(last.get("trial_id", trial_dir.name))
+        tag = last.get("experiment_tag") or trial_dir.name.partition(f"_{trial_id}_")[2]
         row = {k: last.get(k) for k in records.result_columns()}
         row.update({records.ratio_column(g): last.get(records.ratio_column(g)) for g in groups})
         row.update(
-            trial_id=str(last.get("trial_id", trial_dir.name)),
-            trial_index=int(head) - 1 if head.isdigit() else -1,
+            trial_id=trial_id,
+            trial_index=records.index_from_tag(tag),
             state="COMPLETE",
             error="",
             sampler=config.search.sampler,

@@ -25,8 +25,7 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 def trial_index(trial) -> int:
     """0-based creation order (Tune's experiment tag starts with the 1-based counter)."""
-    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
-    return int(head) - 1 if head.isdigit() else -1
+    return records.index_from_tag(getattr(trial, "experiment_tag", ""))
 
 
 def error_line(trial) -> str:
@@ -77,12 +76,14 @@ class TrialTable(tune.Callback):
         self.tracking = tracking
         self.rows: dict[str, dict[str, Any]] = {}
         self._finished: dict[str, dict[str, Any]] = {}  # replayed trials' recorded rows
+        self._tracking_warned = False
         self._tracker = None
 
     # ---- state
     def setup(self, **info) -> None:
         self.rows = {}
         self._finished = {}
+        self._tracking_warned = False
         if self.path.is_file():
             for row in read_table(self.path).to_dict("records"):
                 self.rows[str(row["trial_id"])] = row
@@ -152,7 +153,7 @@ class TrialTable(tune.Callback):
     def _check_tracking(self, result: Mapping[str, Any]) -> None:
         """Say once, while the study runs, that MLflow writes fail (the table keeps every
         result, and a resume writes the missing runs)."""
-        if not result.get("tracking_failures") or getattr(self, "_tracking_warned", False):
+        if not result.get("tracking_failures") or self._tracking_warned:
             return
         self._tracking_warned = True
         print(
