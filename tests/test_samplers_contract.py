@@ -233,10 +233,10 @@ def test_anneal_restarts_and_reheats_follow_the_stall_rule():
     assert chain.iterations == 10 and chain.stall == 2
 
 
-def _points_of_a_chain_pinned_at_zero(avoid_repeats: bool) -> list[tuple[float, ...]]:
+def _points_of_a_chain_pinned_at_zero(repeats: str) -> list[tuple[float, ...]]:
     """An objective that rewards small ratios keeps the chain at the lower bound, where
     clipping makes neighbours collide with points already evaluated."""
-    sampler = SimulatedAnnealingSampler(seed=3, avoid_repeats=avoid_repeats)
+    sampler = SimulatedAnnealingSampler(seed=3, repeats=repeats)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     space = {g: FloatDistribution(0.0, 0.6) for g in ("down", "mid", "up")}
     study.enqueue_trial({g: 0.0 for g in space})  # the dense trial 0, as a study does
@@ -249,17 +249,53 @@ def _points_of_a_chain_pinned_at_zero(avoid_repeats: bool) -> list[tuple[float, 
 
 
 def test_anneal_never_proposes_an_evaluated_point_again():
-    points = _points_of_a_chain_pinned_at_zero(avoid_repeats=True)
-    assert len(set(points)) == len(points)
-    assert points.count((0.0, 0.0, 0.0)) == 1
-    # The reference's rule (avoid only the pending, current and previous points) repeats.
-    repeated = _points_of_a_chain_pinned_at_zero(avoid_repeats=False)
-    assert len(set(repeated)) < len(repeated)
+    for repeats in ("redraw", "cache"):
+        points = _points_of_a_chain_pinned_at_zero(repeats)
+        assert len(set(points)) == len(points), repeats
+        assert points.count((0.0, 0.0, 0.0)) == 1
 
 
-def test_avoid_repeats_must_be_a_bool():
-    with pytest.raises(UsageError, match="avoid_repeats"):
-        SimulatedAnnealingSampler(avoid_repeats="yes")
+def test_cached_repeats_are_iterations_without_trials():
+    """With repeats="cache" a clipped move back onto a scored point is answered from its
+    score: the chain counts more iterations than there were trials."""
+    sampler = SimulatedAnnealingSampler(seed=3, repeats="cache")
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = {g: FloatDistribution(0.0, 0.6) for g in ("down", "mid", "up")}
+    for _ in range(40):
+        trial = study.ask(space)
+        study.tell(trial, -sum(trial.params.values()))
+    assert sampler.chain(study).iterations > 40
+    redraw = SimulatedAnnealingSampler(seed=3)
+    study = optuna.create_study(direction="maximize", sampler=redraw)
+    for _ in range(40):
+        trial = study.ask(space)
+        study.tell(trial, -sum(trial.params.values()))
+    assert redraw.chain(study).iterations == 40
+
+
+@pytest.mark.parametrize(
+    "options, field",
+    [
+        ({"repeats": "yes"}, "repeats"),
+        ({"count_start": "no"}, "count_start"),
+        ({"max_iterations": 0}, "max_iterations"),
+        ({"max_iterations": 2.5}, "max_iterations"),
+    ],
+)
+def test_chain_options_are_checked(options, field):
+    with pytest.raises(UsageError, match=field):
+        SimulatedAnnealingSampler(**options)
+
+
+def test_max_iterations_stops_the_chain():
+    sampler = SimulatedAnnealingSampler(seed=0, max_iterations=5)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = {"x": FloatDistribution(0.0, 1.0)}
+    for i in range(5):
+        assert not sampler.finished(study)
+        trial = study.ask(space)
+        study.tell(trial, float(i))
+    assert sampler.finished(study) and sampler.max_evaluations == 5
 
 
 def test_strategies_are_small_abcs_and_a_bare_callable_is_refused():

@@ -1,154 +1,253 @@
 """The paper preset replays the reference annealing loop exactly.
 
-The reference loop is re-stated here on its own, in the reference's words (one evaluation per
-iteration; see crdiff_search/samplers/_paper.py for how the ambiguous parts are read), and
-driven by the same random draws as the sampler: the test owns the random source. The one
-deviation from the reference (no point proposed twice in a row) is marked where it happens.
+``reference_search`` restates the reference search (``BWP_strategy.py``: a start evaluation,
+then a main loop of iterations; reheats and restarts inside it; a score cache keyed by the
+ratios at 4 decimals) on its own, with evaluations replaced by a function, and drives it with
+the sampler's own random draws: the test owns the random source, and a draw is keyed, as the
+sampler keys it, by the number of the trial the next real evaluation will be (plus
+``:cachedJ`` for the J-th iteration answered from the cache before it). Every scenario runs
+the sampler under ask/tell, with the dense trial 0 first as a study does, until the sampler
+says it has finished, and compares every evaluated point.
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from crdiff_search.samplers import PAPER_BUDGET, paper_sampler, paper_search_space
+from crdiff_search.samplers import (
+    PAPER_BUDGET,
+    PAPER_MAX_EVALUATIONS,
+    paper_sampler,
+    paper_search_space,
+)
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 NAMES = ("down", "mid", "up")
+LO, HI, T0 = 0.1, 0.8, 0.1
 
 
 def source(number: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([20261128, number, zlib.crc32(purpose.encode())])
 
 
-def reference_loop(values, draw, n=120):
-    """The reference search with evaluations replaced by ``values`` (None: a failure)."""
-    lo, hi = 0.1, 0.8
-    t0 = 0.1
-    temperature = t0
-    current, current_score = [0.3, 0.3, 0.3], None
-    best, best_score = None, -math.inf
-    no_improvement = reheats = restarts = 0
-    evaluate_current = True  # the start point (and a restart point) is evaluated as it is
-    stopped_at = None
-    proposals = []
-    for it in range(n):
-        if stopped_at is not None:
-            break
-        if evaluate_current:
-            candidate = list(current)
-            evaluate_current = False
-        else:
-            rng = draw(it, "move")
-            s = max(0.005, 0.1 * temperature / t0)
-            # The one deviation, documented in the preset: a move that lands on the current
-            # point or repeats the previous proposal (a coordinate clipped at a bound) is
-            # redrawn from the same generator, so that no point is proposed twice in a row.
-            for _ in range(32):
-                k = int(rng.integers(3))
-                candidate = list(current)
-                candidate[k] = min(max(candidate[k] + rng.uniform(-s, s), lo), hi)
-                if candidate != current and (not proposals or candidate != proposals[-1]):
-                    break
-        proposals.append(candidate)
-        failed = values[it] is None
-        score = -2.0 if failed else values[it]
-        if current_score is None and not failed:
+def _clip(x: float) -> float:
+    return float(min(max(x, LO), HI))
+
+
+def reference_search(evaluate: Callable, draw, *, offset: int = 1, iterations: int = 120):
+    """The reference search; ``evaluate(index, point)`` returns a score or None (a failure,
+    scored -2.0 and not cached). Returns the evaluated points and the loop's counters."""
+    cache: dict[tuple, float] = {}
+    trials: list[list[float]] = []
+    move_rngs: dict[int, np.random.Generator] = {}
+    hits: dict[int, int] = {}
+    stats = {"reheats": 0, "restarts": 0, "stopped": False, "iterations": 0, "cached": 0}
+    stats["accepted_failure"] = False
+
+    def run(point):  # evaluate_configuration with the runner's cache
+        n = offset + len(trials)
+        key = tuple(f"{v:.4f}" for v in point)
+        if key in cache:
+            j = hits.get(n, 0)
+            hits[n] = j + 1
+            stats["cached"] += 1
+            return cache[key], n, f":cached{j}", False
+        trials.append(list(point))
+        value = evaluate(len(trials) - 1, point)
+        if value is not None:
+            cache[key] = value
+        return (-2.0 if value is None else value), n, "", value is None
+
+    def neighbor(point, temperature, rng):  # generate_neighbor: one ratio, clipped
+        s = max(0.005, 0.10 * temperature / T0)
+        k = int(rng.integers(3))
+        out = list(point)
+        out[k] = _clip(out[k] + float(rng.uniform(-s, s)))
+        return out
+
+    start = [0.3, 0.3, 0.3]
+    score, *_ = run(start)
+    current, current_score = start, score
+    best, best_score = start, score
+    temperature, stall, unlocked = T0, 0, False
+    for _ in range(iterations):
+        n = offset + len(trials)
+        rng = move_rngs.setdefault(n, draw(n, "move"))
+        candidate = neighbor(current, temperature, rng)
+        score, n, tag, failed = run(candidate)
+        stats["iterations"] += 1
+        delta = score - current_score
+        if delta > 0 or draw(n, "accept" + tag).random() < math.exp(delta / temperature):
+            stats["accepted_failure"] |= failed
             current, current_score = candidate, score
-        elif current_score is not None and (
-            score > current_score
-            or draw(it, "accept").random() < math.exp((score - current_score) / temperature)
-        ):
-            assert not failed, "the scenario must not let the reference accept a failure"
-            current, current_score = candidate, score
-        if score > best_score:
-            best, best_score = list(candidate), score
-            no_improvement = 0
-        else:
-            no_improvement += 1
-        temperature *= 0.95
-        if no_improvement >= 24:
-            no_improvement = 0
-            if best_score > 0.8 and reheats < 3:
-                temperature *= 1.5
-                reheats += 1
-            elif restarts < 2:
-                rng = draw(it, "restart")
-                s = max(0.005, 0.1 * 3 * t0 / t0)
-                current = [min(max(b + rng.uniform(-s, s), lo), hi) for b in best]
-                current_score = None
-                temperature = t0
-                restarts += 1
-                evaluate_current = True
+            if current_score > best_score:
+                best, best_score = current, current_score
+                stall = 0
+                if not unlocked and best_score > 0.8:
+                    unlocked = True
             else:
-                stopped_at = it
-    return proposals, {
-        "reheats": reheats,
-        "restarts": restarts,
-        "stopped_at": stopped_at,
-        "best": best,
-    }
+                stall += 1
+        else:
+            stall += 1
+        temperature *= 0.95
+        if stall >= 24:
+            if unlocked and stats["reheats"] < 3:
+                stats["reheats"] += 1
+                temperature *= 1.5
+                stall = 0
+            elif stats["restarts"] < 2:
+                stats["restarts"] += 1
+                stall = 0
+                restart = neighbor(best, T0 * 3.0, draw(n, "restart" + tag))
+                score, *_ = run(restart)
+                current, current_score = restart, score
+                temperature = T0
+                if score > best_score:
+                    best, best_score = restart, score
+            else:
+                stats["stopped"] = True
+                break
+    stats["best"], stats["best_score"] = best, best_score
+    return trials, stats
 
 
-def run_sampler(values, n):
+def run_sampler(evaluate: Callable, cap: int = PAPER_MAX_EVALUATIONS + 5):
+    """The preset under ask/tell after a dense trial 0 (ratios 0, below the range), until it
+    says it has finished."""
     sampler = paper_sampler(random_source=source)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    proposals = []
-    for it in range(n):
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+    dense = study.ask(paper_search_space())
+    study.tell(dense, 0.0)
+    points = []
+    while not sampler.finished(study) and len(points) < cap:
         trial = study.ask(paper_search_space())
-        proposals.append([trial.params[g] for g in NAMES])
-        v = values[it] if it < len(values) else -1.5
-        if v is None:
+        points.append([trial.params[g] for g in NAMES])
+        value = evaluate(len(points) - 1, points[-1])
+        if value is None:
             study.tell(trial, state=TrialState.FAIL)
         else:
-            study.tell(trial, v)
-    return proposals, sampler, study
+            study.tell(trial, value)
+    return points, sampler, study
 
 
-def _scenario(kind: str) -> list[float | None]:
-    rng = np.random.default_rng(7 if kind == "restarts" else 8)
-    if kind == "restarts":
-        values = list(np.minimum(rng.normal(-0.3, 0.2, PAPER_BUDGET), 0.75))
-        values[60:] = [-1.5] * (PAPER_BUDGET - 60)  # nothing improves once the chain stops
-    else:
-        values = list(np.minimum(rng.normal(0.3, 0.2, PAPER_BUDGET), 0.78))
-        values[3] = 0.9  # a best above 0.8: stalls reheat instead of restarting
-    values[5] = None
-    values[17] = None
-    return [None if v is None else float(v) for v in values]
+def _noise(seed: int, n: int = 200) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0.0, 0.05, n)
 
 
-@pytest.mark.parametrize("kind", ["restarts", "reheats"])
+def _bowl(point, centre=(0.45, 0.25, 0.6)) -> float:
+    return 0.5 - sum((p - c) ** 2 for p, c in zip(point, centre, strict=True))
+
+
+def scenario(kind: str) -> Callable:
+    noise = _noise({"restarts": 1, "reheats": 2, "high-start": 3, "corner": 4}.get(kind, 5))
+    fails = {5, 17}
+    if kind == "restarts":  # nothing above 0.8: stalls restart, twice, then the loop stops
+        return lambda i, p: None if i in fails else _bowl(p) - 0.9 + noise[i]
+    if kind == "reheats":  # a move finds a best above 0.8: stalls reheat three times first
+        return lambda i, p: None if i in fails else (0.9 if i == 3 else _bowl(p) + noise[i])
+    if kind == "high-start":  # the start scores 0.85 and is never beaten
+        return lambda i, p: 0.85 if i == 0 else 0.5 + noise[i]
+    if kind == "corner":  # small ratios win: moves clip at the lower bound and repeat points
+        return lambda i, p: -sum(p) + 0.01 * noise[i]
+    if kind == "below-failure":  # scores below -2.0: a failure (-2.0) is a better point
+        return lambda i, p: None if i % 7 == 3 else -3.0 + _bowl(p) + noise[i]
+    raise ValueError(kind)
+
+
+KINDS = ["restarts", "reheats", "high-start", "corner", "below-failure"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_paper_preset_replays_the_reference_loop(kind):
-    values = _scenario(kind)
-    expected, info = reference_loop(values, source, PAPER_BUDGET)
-    got, sampler, study = run_sampler(values, PAPER_BUDGET)
-    np.testing.assert_allclose(np.array(got[: len(expected)]), expected, rtol=0, atol=1e-12)
+    evaluate = scenario(kind)
+    expected, info = reference_search(evaluate, source)
+    got, sampler, study = run_sampler(evaluate)
+    assert len(got) == len(expected)
+    np.testing.assert_allclose(np.array(got), np.array(expected), rtol=0, atol=1e-12)
     state = sampler.chain(study)
+    assert sampler.finished(study) and state.stopped
+    assert (state.reheats, state.restarts) == (info["reheats"], info["restarts"])
+    assert state.iterations == info["iterations"]
+    assert state.best == pytest.approx(dict(zip(NAMES, info["best"], strict=True)), abs=1e-12)
+    assert len(got) <= PAPER_MAX_EVALUATIONS
+    if kind == "restarts":
+        assert info["restarts"] == 2 and info["stopped"] and info["reheats"] == 0
     if kind == "reheats":
-        assert len(expected) == PAPER_BUDGET
-        assert info["reheats"] == 3 and info["restarts"] >= 1
-        assert state.reheats == 3 and state.restarts == info["restarts"]
-        assert state.best_score == 0.9 and state.best_trial == 3
-        return
-    # The scenario exercises both restarts and the stop that follows them.
-    stop = info["stopped_at"]
-    assert info["restarts"] == 2 and stop is not None and stop < PAPER_BUDGET - 10
-    assert len(expected) == stop + 1
-    assert state.restarts == 2 and state.stopped and state.temperature == 0.0
-    best = np.array(info["best"])
-    assert np.array([state.best[g] for g in NAMES]) == pytest.approx(best, abs=1e-12)
-    # After the stop (nothing scores better any more): the best point polished one ratio at a
-    # time by at most the minimum step.
-    moved = np.abs(np.array(got[stop + 1 :]) - best)
-    assert np.all((moved > 1e-12).sum(axis=1) == 1)
-    assert moved.max() <= 0.005 + 1e-12
+        assert info["reheats"] == 3
+    if kind == "high-start":
+        # Reheats are unlocked by a new best found by a move only: 0 reheats, 2 restarts, and
+        # the loop stops after 1 + 3 x 24 iterations' evaluations + 2 restarts = 75.
+        assert (info["reheats"], info["restarts"], info["stopped"]) == (0, 2, True)
+        assert len(got) == 75 and state.iterations == 72
+    if kind == "corner":
+        # Repeats answered from the scores seen: iterations that cost no trial.
+        assert info["cached"] > 0
+        assert state.iterations == info["iterations"] > len(got) - 1 - info["restarts"]
+        assert len({tuple(p) for p in got}) == len(got)
+    if kind == "below-failure":
+        assert info["accepted_failure"]
+
+
+def test_paper_budget_is_iterations_plus_start_and_restarts():
+    # No stall ever (every move is a new best): the 120 iterations run out.
+    got, sampler, study = run_sampler(lambda i, p: float(i))
+    assert sampler.finished(study) and sampler.chain(study).iterations == PAPER_BUDGET
+    assert 100 < len(got) <= 1 + PAPER_BUDGET  # fewer when a repeat was answered from the cache
+    assert PAPER_MAX_EVALUATIONS == 1 + PAPER_BUDGET + 2 == sampler.max_evaluations == 123
+
+
+def test_first_move_is_drawn_at_t0_and_a_restart_moves_one_ratio():
+    """Readings 1-3 of the reference: the start evaluation is not an iteration (the first move
+    uses T0, step 0.1); a restart mutates one ratio by up to 0.3; the restart evaluation is
+    not an iteration (no cooling, the patience counter stays at 0)."""
+    sampler = paper_sampler(seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    space = paper_search_space()
+    first = study.ask(space)
+    study.tell(first, 0.5)
+    state = sampler.chain(study)
+    assert first.params == dict.fromkeys(NAMES, 0.3)
+    assert (state.temperature, state.iterations, state.stall) == (T0, 0, 0)
+    for _ in range(24):  # 24 worse moves: a stall, and a restart (best 0.5 < 0.8)
+        trial = study.ask(space)
+        moved = [abs(trial.params[g] - 0.3) for g in NAMES]
+        assert sum(m > 0 for m in moved) == 1
+        study.tell(trial, -1.0)
+    state = sampler.chain(study)
+    assert state.restarts == 1 and state.temperature == T0 and state.iterations == 24
+    restart = study.ask(space)
+    moved = [abs(restart.params[g] - 0.3) for g in NAMES]
+    assert sum(m > 1e-12 for m in moved) == 1 and max(moved) <= 0.3 + 1e-12
+    study.tell(restart, -1.5)
+    state = sampler.chain(study)
+    assert (state.temperature, state.iterations, state.stall) == (T0, 24, 0)
+
+
+def test_our_readings_stay_available_as_options():
+    from crdiff_search.samplers import AllCoordinates, ReheatOrRestart
+
+    ours = paper_sampler(
+        seed=0,
+        repeats="redraw",
+        count_start=True,
+        restart_neighbor=AllCoordinates(),
+        on_stall=ReheatOrRestart(reheat_above=0.8, max_restarts=2, restart_temperature_ratio=3),
+    )
+    study = optuna.create_study(direction="maximize", sampler=ours)
+    first = study.ask(paper_search_space())
+    study.tell(first, 0.85)
+    state = ours.chain(study)
+    assert state.iterations == 1 and state.temperature == pytest.approx(0.95 * T0)
+    assert ours.max_evaluations == PAPER_BUDGET
 
 
 def test_paper_preset_constants():

@@ -10,6 +10,7 @@ constants, :func:`paper_sampler`), ``tpe``, ``random``, ``cmaes`` (Optuna's) and
 from crdiff_search.samplers._anneal import ChainState, SeededSource, SimulatedAnnealingSampler
 from crdiff_search.samplers._paper import (
     PAPER_BUDGET,
+    PAPER_MAX_EVALUATIONS,
     PAPER_OPTIONS,
     paper_sampler,
     paper_search_space,
@@ -46,6 +47,7 @@ from crdiff_search.samplers._uniform import UniformRatioSampler
 __all__ = [
     "SAMPLERS",
     "PAPER_BUDGET",
+    "PAPER_MAX_EVALUATIONS",
     "PAPER_OPTIONS",
     "SAMPLER_NAMES",
     "AbsoluteStep",

@@ -51,6 +51,11 @@ DEFAULT_RESTART_NEIGHBOR = AllCoordinates()
 # How many times a proposal is redrawn when it collides with the current point or a trial that
 # already ran or is running.
 MAX_REDRAWS = 32
+# How repeated points are handled: redrawn, or answered from the scores seen (the reference).
+REPEATS = ("redraw", "cache")
+# A bound on the iterations answered from the cache before one proposal (a chain that only
+# meets scored points would otherwise never propose).
+MAX_CACHED_ITERATIONS = 10_000
 
 _FINISHED = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
 
@@ -83,6 +88,8 @@ class _Chain:
     restarts: int = 0
     iterations: int = 0
     stopped: bool = False
+    # The score of the latest new best that a move found (not a start or restart evaluation).
+    move_best_score: float | None = None
     # Running count, mean and sum of squared deviations of the valid scores (Welford).
     n_scores: int = 0
     mean_score: float = 0.0
@@ -115,14 +122,23 @@ class SimulatedAnnealingSampler(BaseSampler):
     the best point (proposed as the next trial, accepted unconditionally) or stop (later
     proposals then polish the best point greedily at the minimum step).
 
-    Failed, pruned and NaN/inf trials never become current nor best. With ``failure_score=None``
-    they are skipped; with a number they count as a rejected iteration (cooling and stall).
+    Failed, pruned and NaN/inf trials: with ``failure_score=None`` they are skipped; with a
+    number they are scored that number, like any result (an iteration; such a point can even
+    become current, as in the reference loop).
+
+    The start point (and each restart point) is one evaluation; with ``count_start=True`` it is
+    an iteration like the others (cooling, patience), with ``False`` it is not (the reference:
+    its first move is drawn at T0). ``max_iterations`` stops the chain after that many
+    iterations; :meth:`finished` tells a runner that the chain has stopped.
 
     Concurrency: one chain, several neighbours. When k trials are pending, each new proposal is
-    a neighbour of the current state drawn with its own trial number's generator and redrawn
-    (up to ``MAX_REDRAWS`` times) while it equals the current point or any trial already
-    evaluated or running (evaluations are deterministic, a repeat would waste one); with
-    ``avoid_repeats=False`` only pending trials, the current point and the previous trial. One chain rather than k chains because budgets are small (30-120
+    a neighbour of the current state drawn with its own trial number's generator. Repeats
+    (``repeats``): with ``"redraw"`` a proposal is redrawn (up to ``MAX_REDRAWS`` times) while
+    it equals the current point or any trial already evaluated or running (evaluations are
+    deterministic, a repeat would waste one); with ``"cache"`` (the reference loop) a proposal
+    that rounds, at 4 decimals, to a point already scored is answered from that score: an
+    iteration that costs no trial, after which the next proposal is drawn from the same
+    generator; only points in flight are redrawn. One chain rather than k chains because budgets are small (30-120
     evaluations): k chains would each get a k-th of the budget and never cool; several
     neighbours of one state explore it in parallel and the chain keeps the budget's depth.
     Results that arrive late are replayed at their trial-number position.
@@ -153,7 +169,10 @@ class SimulatedAnnealingSampler(BaseSampler):
         patience: iterations without a new best before ``on_stall`` is asked.
         on_stall: ``(ChainState) -> Reheat | Restart | Stop``.
         restart_neighbor: the mutation used for restarts.
-        failure_score: None, or a score that makes failed trials count as rejected iterations.
+        failure_score: None (failed trials are skipped), or the score a failed trial gets.
+        repeats: ``"redraw"`` or ``"cache"`` (see above).
+        count_start: whether evaluating a start or restart point is an iteration.
+        max_iterations: None, or the iterations after which the chain stops.
         random_source: ``(trial_number, purpose) -> numpy.random.Generator``; replaces the
             seeded default (for tests that control the randomness).
     """
@@ -172,7 +191,9 @@ class SimulatedAnnealingSampler(BaseSampler):
         on_stall: StallRule = DEFAULT_ON_STALL,
         restart_neighbor: Neighbor = DEFAULT_RESTART_NEIGHBOR,
         failure_score: float | None = None,
-        avoid_repeats: bool = True,
+        repeats: str = "redraw",
+        count_start: bool = True,
+        max_iterations: int | None = None,
         random_source: Callable[[int, str], np.random.Generator] | None = None,
     ) -> None:
         if not (isinstance(initial_temperature, int | float) and initial_temperature > 0):
@@ -213,14 +234,26 @@ class SimulatedAnnealingSampler(BaseSampler):
         self._patience = patience
         self._on_stall = on_stall
         self._restart_neighbor = restart_neighbor
-        if not isinstance(avoid_repeats, bool):
-            raise UsageError(f"avoid_repeats must be true or false, got {avoid_repeats!r}")
+        if repeats not in REPEATS:
+            raise UsageError(f"repeats must be one of {', '.join(REPEATS)}, got {repeats!r}")
+        if not isinstance(count_start, bool):
+            raise UsageError(f"count_start must be true or false, got {count_start!r}")
+        if max_iterations is not None and (
+            isinstance(max_iterations, bool)
+            or not isinstance(max_iterations, int)
+            or max_iterations < 1
+        ):
+            raise UsageError(
+                f"max_iterations must be an integer >= 1 or None, got {max_iterations!r}"
+            )
         self._failure_score = failure_score
-        self._avoid_repeats = avoid_repeats
+        self._repeats = repeats
+        self._count_start = count_start
+        self._max_iterations = max_iterations
         self._source = random_source if random_source is not None else SeededSource(seed)
         # Memo of the acceptance draw per trial number: a pure function of (source, number),
         # cached only because building a generator costs more than the rest of a replay step.
-        self._accept_draws: dict[int, float] = {}
+        self._accept_draws: dict[tuple[int, str], float] = {}
 
     def reseed_rng(self) -> None:
         # Draws are keyed by trial number, so workers sharing this seed already propose
@@ -243,23 +276,21 @@ class SimulatedAnnealingSampler(BaseSampler):
             return {}
         space = CoordinateSpace.from_mapping(search_space)
         members = [t for t in study.get_trials(deepcopy=False) if space.contains(t.params)]
-        chain = self._replay(study, space, members)
+        chain, cache = self._replay(study, space, members)
         others = [t for t in members if t.number != trial.number]
         pending = [t.params for t in others if t.state == TrialState.RUNNING]
+        if cache is not None and not chain.stopped:
+            # The reference loop: a point already scored is answered from its score (no
+            # trial); only points still in flight are redrawn.
+            return self._propose_cached(space, chain, trial.number, cache, pending)
         current = space.to_params(chain.current)
         # Evaluations are deterministic (same prompts, same seeds), so a point already tried
-        # or in flight would only repeat a result: by default it is redrawn (trial 0 included;
-        # a restart point that lands on one is replaced by one of its neighbours).
+        # or in flight would only repeat a result: it is redrawn (trial 0 included; a restart
+        # point that lands on one is replaced by one of its neighbours).
         taken = [t.params for t in others if t.state != TrialState.WAITING]
-        clash = taken if self._avoid_repeats else pending
-        if chain.needs_evaluation and not any(space.same_point(p, current) for p in clash):
+        if chain.needs_evaluation and not any(space.same_point(p, current) for p in taken):
             return current
-        if self._avoid_repeats:
-            avoid = [current, *taken]
-        else:  # the reference loop: only pending trials, the current point, the last trial
-            avoid = [*pending, current]
-            avoid += [t.params for t in others if t.number == trial.number - 1]
-        return self._neighbor_of(space, chain, trial.number, avoid)
+        return self._neighbor_of(space, chain, trial.number, [current, *taken])
 
     def sample_independent(
         self,
@@ -283,7 +314,34 @@ class SimulatedAnnealingSampler(BaseSampler):
         """The chain rebuilt from the study's finished trials (for reports and stop rules)."""
         trials = study.get_trials(deepcopy=False)
         space = CoordinateSpace.from_mapping(_chain_space(trials, None))
-        c = self._replay(study, space, [t for t in trials if space.contains(t.params)])
+        c, _ = self._replay(study, space, [t for t in trials if space.contains(t.params)])
+        return self._snapshot(space, c)
+
+    def finished(self, study: Study) -> bool:
+        """Whether the chain has stopped (its stall rule said stop, or ``max_iterations``
+        are spent): a runner ends the study there, as the reference loop does."""
+        return self.chain(study).stopped
+
+    @property
+    def max_iterations(self) -> int | None:
+        return self._max_iterations
+
+    @property
+    def max_evaluations(self) -> int | None:
+        """The most trials the chain can ask for before it stops: ``max_iterations``, plus
+        the start and each restart evaluation when those are not iterations
+        (``count_start=False``); None when the chain has no iteration budget or may restart
+        without end."""
+        if self._max_iterations is None:
+            return None
+        if self._count_start:
+            return self._max_iterations
+        restarts = getattr(self._on_stall, "max_restarts", None)
+        if restarts is None:
+            return None
+        return 1 + self._max_iterations + int(restarts)
+
+    def _snapshot(self, space: CoordinateSpace, c: _Chain) -> ChainState:
         return ChainState(
             names=space.names,
             current=space.to_params(c.current) if space.dim else None,
@@ -298,80 +356,133 @@ class SimulatedAnnealingSampler(BaseSampler):
             iterations=c.iterations,
             stopped=c.stopped,
             spread=c.spread,
+            move_best_score=c.move_best_score,
         )
 
     def _replay(self, study: Study, space: CoordinateSpace, trials: Sequence[FrozenTrial]):
+        """The chain after the finished trials, and (``repeats="cache"``) the score of every
+        point scored so far, by its rounded key."""
         sign = -1.0 if study.direction == StudyDirection.MINIMIZE else 1.0
         start = {
             n: self._start(n, d) for n, d in zip(space.names, space.distributions, strict=True)
         }
         chain = _Chain(current=space.to_coords(start), temperature=self._t0)
+        cache: dict[tuple, float] | None = {} if self._repeats == "cache" else None
         # ``trials`` all cover ``space`` (callers filter them once).
         finished = sorted((t for t in trials if t.state in _FINISHED), key=lambda t: t.number)
         for t in finished:
-            if chain.needs_evaluation and space.same_point(
-                t.params, space.to_params(chain.current)
-            ):
-                chain.needs_evaluation = False
+            if cache is not None and not chain.stopped:
+                # The iterations answered from the cache before this trial was proposed.
+                self._propose_cached(space, chain, t.number, cache, [])
             value = t.value if t.state == TrialState.COMPLETE else None
-            if value is None or not math.isfinite(value):
-                if self._failure_score is None:
-                    continue
-                chain.stall += 1
-            else:
-                score = sign * float(value)
-                chain.add_score(score)
-                accept = chain.current_score is None or self._acceptance(
-                    score - chain.current_score,
-                    chain.temperature,
-                    chain.spread,
-                    self._acceptance_draw(t.number),
-                )
-                if accept:
-                    chain.current = space.to_coords(t.params)
-                    chain.current_score = score
+            valid = value is not None and math.isfinite(value)
+            if not valid and self._failure_score is None:
+                if chain.needs_evaluation and space.same_point(
+                    t.params, space.to_params(chain.current)
+                ):
                     chain.needs_evaluation = False
-                if chain.best_score is None or score > chain.best_score:
-                    chain.best, chain.best_score, chain.best_trial = (
-                        space.to_coords(t.params),
-                        score,
-                        t.number,
-                    )
-                    chain.stall = 0
-                else:
-                    chain.stall += 1
+                continue
+            score = sign * float(value) if valid else float(self._failure_score)
+            self._observe(space, chain, t.params, score, t.number, "", valid=valid)
+            if cache is not None and valid:
+                cache[_cache_key(space, t.params)] = score
+        return chain, cache
+
+    def _observe(
+        self,
+        space: CoordinateSpace,
+        chain: _Chain,
+        params: dict[str, Any],
+        score: float,
+        number: int,
+        tag: str,
+        *,
+        valid: bool = True,
+    ) -> None:
+        """One evaluated point (a trial, or a repeat answered from the cache): acceptance,
+        best, and, when it is an iteration, cooling, patience and the stall rule."""
+        jump = chain.needs_evaluation and space.same_point(params, space.to_params(chain.current))
+        if jump:
+            chain.needs_evaluation = False
+        if valid:
+            chain.add_score(score)
+        accept = chain.current_score is None or self._acceptance(
+            score - chain.current_score,
+            chain.temperature,
+            chain.spread,
+            self._acceptance_draw(number, tag),
+        )
+        if accept:
+            chain.current = space.to_coords(params)
+            chain.current_score = score
+            chain.needs_evaluation = False
+        counted = self._count_start or not jump
+        if chain.best_score is None or score > chain.best_score:
+            chain.best, chain.best_score, chain.best_trial = (
+                space.to_coords(params),
+                score,
+                number,
+            )
+            chain.stall = 0
+            if not jump:
+                chain.move_best_score = score
+        elif counted:
+            chain.stall += 1
+        if counted:
             chain.iterations += 1
             if chain.stopped:
-                continue
+                return
             chain.temperature = self._cooling(chain.temperature)
             if chain.stall >= self._patience and chain.best is not None:
-                self._escape(space, chain, t.number)
-        return chain
+                self._escape(space, chain, number, tag)
+        if (
+            not chain.stopped
+            and self._max_iterations is not None
+            and chain.iterations >= self._max_iterations
+            and not chain.needs_evaluation
+        ):
+            self._stop(chain)
 
-    def _escape(self, space: CoordinateSpace, chain: _Chain, number: int) -> None:
-        snapshot = ChainState(
-            names=space.names,
-            current=space.to_params(chain.current),
-            current_score=chain.current_score,
-            temperature=chain.temperature,
-            best=space.to_params(chain.best),
-            best_score=chain.best_score,
-            best_trial=chain.best_trial,
-            stall=chain.stall,
-            reheats=chain.reheats,
-            restarts=chain.restarts,
-            iterations=chain.iterations,
-            stopped=False,
-            spread=chain.spread,
-        )
-        decision = self._on_stall(snapshot)
+    def _propose_cached(
+        self,
+        space: CoordinateSpace,
+        chain: _Chain,
+        number: int,
+        cache: dict[tuple, float],
+        pending: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The next point to evaluate, as the reference loop finds it: proposals whose rounded
+        key was scored before are answered from that score (each an iteration, drawn from the
+        same generator) until one is new; only points in flight are redrawn."""
+        rng = self._source(number, "move")
+        for j in range(MAX_CACHED_ITERATIONS):
+            tag = f":cached{j}"
+            if chain.stopped:
+                break
+            params = space.to_params(chain.current)
+            in_flight = any(space.same_point(params, p) for p in pending)
+            if not chain.needs_evaluation or in_flight:
+                half = self._half_widths(space, chain.temperature / self._t0)
+                for _ in range(MAX_REDRAWS):
+                    params = space.to_params(self._neighbor(chain.current, space, half, rng))
+                    if not any(space.same_point(params, p) for p in pending):
+                        break
+            key = _cache_key(space, params)
+            if key not in cache:
+                return params
+            self._observe(space, chain, params, cache[key], number, tag)
+        # Stopped (or a chain that only meets scored points): polish the best point.
+        return self._neighbor_of(space, chain, number, [space.to_params(chain.current), *pending])
+
+    def _escape(self, space: CoordinateSpace, chain: _Chain, number: int, tag: str = "") -> None:
+        decision = self._on_stall(self._snapshot(space, chain))
         chain.stall = 0
         if isinstance(decision, Reheat):
             chain.temperature *= decision.factor
             chain.reheats += 1
         elif isinstance(decision, Restart):
             half = self._half_widths(space, decision.temperature_ratio)
-            rng = self._source(number, "restart")
+            rng = self._source(number, "restart" + tag)
             moved = self._restart_neighbor(chain.best, space, half, rng)
             chain.current = space.to_coords(space.to_params(moved))
             chain.current_score = None
@@ -379,17 +490,23 @@ class SimulatedAnnealingSampler(BaseSampler):
             chain.temperature = self._t0
             chain.restarts += 1
         elif isinstance(decision, Stop):
-            chain.stopped = True
-            chain.temperature = 0.0
-            chain.current, chain.current_score = chain.best, chain.best_score
-            chain.needs_evaluation = False
+            self._stop(chain)
         else:
             raise TypeError(f"on_stall must return Reheat, Restart or Stop, got {decision!r}")
 
-    def _acceptance_draw(self, number: int) -> float:
-        u = self._accept_draws.get(number)
+    @staticmethod
+    def _stop(chain: _Chain) -> None:
+        chain.stopped = True
+        chain.temperature = 0.0
+        chain.current, chain.current_score = chain.best, chain.best_score
+        chain.needs_evaluation = False
+
+    def _acceptance_draw(self, number: int, tag: str = "") -> float:
+        u = self._accept_draws.get((number, tag))
         if u is None:
-            u = self._accept_draws[number] = float(self._source(number, "accept").random())
+            u = self._accept_draws[(number, tag)] = float(
+                self._source(number, "accept" + tag).random()
+            )
         return u
 
     def _half_widths(self, space: CoordinateSpace, ratio: float) -> np.ndarray:
@@ -405,6 +522,13 @@ class SimulatedAnnealingSampler(BaseSampler):
             if not any(space.same_point(params, a) for a in avoid):
                 break
         return params
+
+
+def _cache_key(space: CoordinateSpace, params: dict[str, Any]) -> tuple:
+    """A point's key in the reference's score cache: floats at 4 decimals."""
+    return tuple(
+        format(params[n], ".4f") if isinstance(params[n], float) else params[n] for n in space.names
+    )
 
 
 def _chain_space(trials: Sequence[FrozenTrial], exclude: int | None) -> dict[str, BaseDistribution]:

@@ -1,38 +1,38 @@
 """The CR-Diff reference annealing, as a preset of :class:`SimulatedAnnealingSampler`.
 
-The reference search (Wang, Ren, Zhu, 2026) in numbers: ratios in [0.1, 0.8] starting at
-0.3 each; T0 = 0.1 in ImageReward units; T *= 0.95 after every iteration; a neighbour moves
-one ratio, picked uniformly, by Uniform(-s, s) with s = max(0.005, 0.1 * T / T0), clipped;
-acceptance exp(delta / T); after 24 iterations without a new best, reheat (T *= 1.5, at most
-3 times) if the best score exceeds 0.8, otherwise restart (at most 2 times) from a mutation of
-the best point with the step taken at 3 * T0 and T reset to T0; then stop; 120 evaluations;
-a failed evaluation scores -2.0.
+The reference search (Wang, Ren, Zhu, 2026; its ``BWP_strategy.py``), read rule by rule and
+reproduced exactly (``tests/test_samplers_paper.py`` runs a restatement of the reference loop
+with the same random draws and compares every proposal):
 
-How the preset expresses what a sampler cannot do itself:
+- ratios in [0.1, 0.8], starting at 0.3 each; the start point is evaluated once and is *not*
+  an iteration (the first move is drawn at T = T0 = 0.1, in ImageReward units);
+- an iteration: a neighbour moves one ratio, picked uniformly, by Uniform(-s, s) with
+  s = max(0.005, 0.1 * T / T0), clipped; it is accepted if better, else with probability
+  exp(delta / T); then T *= 0.95;
+- patience 24 iterations without a new best; then reheat (T *= 1.5, at most 3 times) if a new
+  best *found by a move* exceeded 0.8 (a start or restart point above 0.8 does not unlock
+  reheats), otherwise restart (at most 2 times): the best point moved in ONE ratio by
+  Uniform(-0.3, 0.3) (the neighbour move with its step at 3 * T0), T reset to T0; the restart
+  evaluation is not an iteration either (no cooling; the patience counter stays at 0); after
+  that the search stops;
+- at most 120 iterations (:data:`PAPER_BUDGET`): with the start and up to 2 restart
+  evaluations, at most 123 evaluations (:data:`PAPER_MAX_EVALUATIONS`);
+- a proposal that rounds (4 decimals) to a point already scored (a move clipped back onto the
+  current point, typically) is answered from that score: an iteration that costs no trial;
+- a failed evaluation scores -2.0 and is compared like any other score; per image, the
+  runner's ``objective.failed_image_score = -2.0`` counts a failed image -2.0 inside the mean
+  of a trial, as the reference does per prompt.
 
-- *Stop and budget*: a sampler cannot end a study. The budget is :data:`PAPER_BUDGET` (120
-  trials), for the runner to use as the trial count; when the stall rule says stop,
-  ``sampler.chain(study).stopped`` becomes true (a runner may end the study there, as the
-  reference does) and any further proposals polish the best point greedily (T = 0, minimum
-  step) instead of exploring.
-- *Failures*: a failed, pruned or NaN trial is an iteration that cools the temperature and
-  counts towards the patience, and is rejected. The reference scores it -2.0 and compares it
-  like any score; the preset never lets a failure become the current point, which differs only
-  when the current score is itself below or near -2.0.
-- *Restart mutation*: "a large mutation of the best point, step computed at 3 * T0" is read
-  as every ratio moving by Uniform(-s, s) with s = max(0.005, 0.1 * 3) = 0.3, clipped. The
-  mutated point is the next trial and becomes current whatever its score.
-- *Stall rule*: "reheat if best > 0.8 (3 times), otherwise restart (2 times), then stop" is
-  read as: reheat while the best exceeds 0.8 and reheats remain, else restart while restarts
-  remain, else stop.
-- *Iterations*: every evaluation is one iteration (the start and restart evaluations too):
-  the temperature cools and the patience counts after each.
-- *No point twice in a row* (the one deliberate deviation): a one-coordinate move clipped at a
-  bound can land on the current point or repeat the previous proposal; the reference then
-  spends an iteration on a point it has already scored (its score cache answers); the preset
-  redraws the move from the same generator instead, so every trial is new information.
-- *Score cache*: the reference reuses the score of an already-seen rounded point; here every
-  iteration is a trial (caching evaluations is the runner's business).
+The runner ends a study when the chain stops (:meth:`SimulatedAnnealingSampler.finished`) and,
+for this preset, reads ``search.trials`` as the iteration budget: a study runs the dense trial
+0 (ours: the reference never evaluates the dense model) plus at most ``trials + 3``
+evaluations.
+
+Our own readings stay available as options (``paper_sampler(**overrides)`` or
+``search.sampler_options``): ``repeats="redraw"`` (never spend an iteration on a point already
+scored: every trial is new information), ``count_start=True`` (the start and restart
+evaluations are iterations), ``restart_neighbor="all"`` (a restart moves every ratio), and
+``on_stall`` with ``unlock="best"``.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ from optuna.distributions import FloatDistribution
 from crdiff_search.samplers._anneal import SimulatedAnnealingSampler
 from crdiff_search.samplers._strategies import (
     AbsoluteStep,
-    AllCoordinates,
     GeometricCooling,
     Metropolis,
     OneCoordinate,
@@ -66,8 +65,10 @@ PAPER_REHEAT_FACTOR = 1.5
 PAPER_MAX_REHEATS = 3
 PAPER_MAX_RESTARTS = 2
 PAPER_RESTART_TEMPERATURE_RATIO = 3.0
-PAPER_BUDGET = 120
+PAPER_BUDGET = 120  # iterations (the reference's ITERATION_COUNT)
 PAPER_FAILURE_SCORE = -2.0
+# The start evaluation, every iteration, and one evaluation per restart.
+PAPER_MAX_EVALUATIONS = 1 + PAPER_BUDGET + PAPER_MAX_RESTARTS
 
 PAPER_OPTIONS: dict[str, Any] = {
     "initial_temperature": PAPER_INITIAL_TEMPERATURE,
@@ -83,11 +84,13 @@ PAPER_OPTIONS: dict[str, Any] = {
         max_reheats=PAPER_MAX_REHEATS,
         max_restarts=PAPER_MAX_RESTARTS,
         restart_temperature_ratio=PAPER_RESTART_TEMPERATURE_RATIO,
+        unlock="move",
     ),
-    "restart_neighbor": AllCoordinates(),
+    "restart_neighbor": OneCoordinate(),
     "failure_score": PAPER_FAILURE_SCORE,
-    # The reference re-proposes points it already scored (and reads them from its cache).
-    "avoid_repeats": False,
+    "repeats": "cache",
+    "count_start": False,
+    "max_iterations": PAPER_BUDGET,
 }
 
 

@@ -27,3 +27,5 @@ class ChainState:
     iterations: int
     stopped: bool
     spread: float
+    # The latest new best that a move found (not a start or restart evaluation).
+    move_best_score: float | None = None

@@ -259,8 +259,8 @@ class Reheat:
 
 @dataclass(frozen=True)
 class Restart:
-    """Jump to a large mutation of the best point: every coordinate moves by the step the
-    schedule gives at T = ``temperature_ratio`` * T0; then T is reset to T0."""
+    """Jump to a large mutation of the best point (the sampler's ``restart_neighbor``, with the
+    step the schedule gives at T = ``temperature_ratio`` * T0); then T is reset to T0."""
 
     temperature_ratio: float
 
@@ -274,19 +274,30 @@ class Stop:
 class ReheatOrRestart(StallRule):
     """On a stall: reheat (T *= ``reheat_factor``) if the best score exceeds ``reheat_above``
     and reheats remain; otherwise restart from a mutation of the best point if restarts remain;
-    otherwise stop. ``reheat_above=None`` never reheats; ``max_restarts=None`` never stops."""
+    otherwise stop. ``reheat_above=None`` never reheats; ``max_restarts=None`` never stops.
+
+    ``unlock`` says which best counts: ``"best"`` the best score of the chain, ``"move"`` the
+    latest new best that a move found (the reference: a start point or a restart point that
+    scores above the threshold does not unlock reheats; a move that beats everything does).
+    """
 
     reheat_above: float | None = None
     reheat_factor: float = 1.5
     max_reheats: int = 3
     max_restarts: int | None = None
     restart_temperature_ratio: float = 2.0
+    unlock: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.unlock not in ("best", "move"):
+            raise ValueError(f"unlock must be 'best' or 'move', got {self.unlock!r}")
 
     def __call__(self, state: ChainState) -> Reheat | Restart | Stop:
+        best = state.best_score if self.unlock == "best" else state.move_best_score
         if (
             self.reheat_above is not None
-            and state.best_score is not None
-            and state.best_score > self.reheat_above
+            and best is not None
+            and best > self.reheat_above
             and state.reheats < self.max_reheats
         ):
             return Reheat(self.reheat_factor)
