@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.analysis.compare import DEFAULT_SHARE, MANIFEST, TABLE, build_report
-from crdiff_search.analysis.table import DONE_STATES, method_label
+from crdiff_search.analysis.table import method_label
 from crdiff_search.errors import UsageError
 from crdiff_search.study_folder import StudyFolder
 
@@ -221,19 +221,12 @@ def plan_comparison(
     )
 
 
-def _finished_rows(table: Path) -> int:
-    if not table.is_file():
-        return 0
-    import pandas as pd
-
-    return int(pd.read_parquet(table, columns=["state"])["state"].isin(DONE_STATES).sum())
-
-
 def study_status(study: PlannedStudy) -> str:
     """``complete``, ``resume`` (an interrupted study), or ``new``; a folder holding a study
     with other settings is a UsageError (a new ``--out`` is needed)."""
     from crdiff_search.config import ExperimentConfig
-    from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, TABLE_FILE
+    from crdiff_search.runner.study import study_complete
+    from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER
 
     out = study.config.output_dir
     stored = out / CONFIG_FILE
@@ -247,7 +240,7 @@ def study_status(study: PlannedStudy) -> str:
             f"{out} holds study {study.name} run with other settings ({', '.join(changed)}); "
             "use another --out for a comparison with new settings"
         )
-    if _finished_rows(out / TABLE_FILE) >= study.config.search.trials:
+    if study_complete(out, study.config):
         return "complete"
     return "resume" if (out / RESULTS_FOLDER / study.config.study).is_dir() else "new"
 
@@ -367,7 +360,7 @@ def run_comparison(
             if not result.states.get("COMPLETE"):
                 failed[study.name] = f"no trial completed: {_first_error(result.table_path)}"
                 log(f"  {study.name}: {failed[study.name]}")
-            elif _finished_rows(result.table_path) < study.config.search.trials:
+            elif not result.complete:
                 # Tune swallows Ctrl-C and returns early: stop here instead of starting the
                 # next study; running the command again resumes this one.
                 failed[study.name] = "stopped before its budget; run again to resume"

@@ -103,6 +103,10 @@ class ObjectiveSpec:
     # names scored relative to the dense model: score(image) - score(dense image), same prompt
     # and seed
     relative: tuple[str, ...] = ()
+    # None: a trial whose generation or scoring fails is retried, then FAILED. A number: an
+    # image that fails (or scores NaN) counts this value in every term, inside the trial's mean
+    # (the reference scores a failed prompt -2.0); the trial goes on.
+    failed_image_score: float | None = None
 
     def options_for(self, name: str) -> dict[str, Any]:
         return dict(self.options.get(name, {}))
@@ -287,10 +291,14 @@ class ExperimentConfig:
             obj["name"] = obj["names"]
         del obj["names"]
         out["objective"] = {
-            k: obj[k] for k in ("name", "weights", "mode", "options", "relative") if k in obj
+            k: obj[k]
+            for k in ("name", "weights", "mode", "options", "relative", "failed_image_score")
+            if k in obj
         }
         if not out["objective"]["relative"]:
             del out["objective"]["relative"]
+        if out["objective"].get("failed_image_score") is None:
+            out["objective"].pop("failed_image_score", None)
         out["ratios"]["groups"] = {g: list(b) for g, b in out["ratios"]["groups"].items()}
         return out
 

@@ -20,7 +20,7 @@ from typing import Any
 RATIO_PREFIX = "ratio."
 # Per-trial values logged as MLflow metrics (plus the ``score.<objective>`` and
 # ``sparsity.<group>`` breakdowns, which the workers report but the table does not keep).
-METRICS = ("score", "score_delta", "sparsity", "n_images")
+METRICS = ("score", "score_delta", "sparsity", "n_images", "n_failed_images")
 METRIC_PREFIXES = ("score.", "sparsity.")
 # Seconds spent per phase; ``t_load`` is the worker's one-time load, ``t_total`` the trial's
 # wall time without it.
@@ -33,7 +33,7 @@ DONE_STATES = ("COMPLETE", "FAILED", "PRUNED")
 
 _FLOATS = ("score", "score_delta", "sparsity", *TIMINGS)
 _INTS = ("trial_index", "seed", "attempts")
-_NULLABLE_INTS = ("n_images", *WORKER)
+_NULLABLE_INTS = ("n_images", "n_failed_images", *WORKER)
 _TEXT = ("trial_id", "state", "error", "sampler")
 _TIMES = ("started_at", "finished_at")
 # What a completed trial reports that is not a number of the record (identity, bookkeeping).
@@ -68,6 +68,7 @@ def table_columns(groups: Sequence[str]) -> list[str]:
         "t_load",
         *WORKER,
         "attempts",
+        "n_failed_images",
     ]
 
 

@@ -26,6 +26,7 @@ RERANK_CSV = "rerank.csv"
 RERANK_FILE = "rerank.json"  # winner, verdict, held-out set
 RERANK_GRID = "rerank_compare.png"  # dense | pruned | POA for the winner
 RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
+STOP_FILE = "sampler_stopped.json"  # written when the sampler ended the search (its stop rule)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class StudyFolder:
     def results(self, study: str) -> Path:
         """Ray Tune's experiment folder of the study named ``study``."""
         return self.path / RESULTS_FOLDER / study
+
+    @property
+    def stop_file(self) -> Path:
+        return self.path / STOP_FILE
 
     @property
     def rerank_json(self) -> Path:

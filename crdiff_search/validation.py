@@ -89,7 +89,7 @@ def _at_least(where: str, value: int, low: int) -> int:
 
 
 # [objective] spells its names as ``name`` (a string or a list), not as the spec's ``names``.
-_OBJECTIVE_KEYS = ("name", "weights", "options", "mode", "relative")
+_OBJECTIVE_KEYS = ("name", "weights", "options", "mode", "relative", "failed_image_score")
 
 
 def _section(data: Mapping, name: str, cls) -> dict[str, Any]:
@@ -359,12 +359,22 @@ def _objective(raw: dict) -> ObjectiveSpec:
             parse_terms(per_name.get("composite", {}).get("terms", []))
         except UsageError as exc:
             raise UsageError(f"objective.options.terms: {exc}") from None
+    failed = raw.get("failed_image_score")
+    if failed is not None:
+        failed = _expect("objective.failed_image_score", failed, "float")
+        set_metrics = [n for n in names if OBJECTIVES.metadata(n).get("per_image") is False]
+        if set_metrics:
+            raise UsageError(
+                f"objective.failed_image_score: {', '.join(map(repr, set_metrics))} is a set "
+                "metric (no per-image score to replace); leave failed_image_score out"
+            )
     return ObjectiveSpec(
         names=tuple(names),
         weights=tuple(weights),
         options={n: o for n, o in per_name.items() if o},
         mode=_objective_mode(names, raw.get("mode")),
         relative=tuple(dict.fromkeys(relative)),
+        failed_image_score=failed,
     )
 
 

@@ -219,3 +219,64 @@ def test_failing_trial_is_retried_then_recorded(ray_session, tiny_model, tmp_pat
     assert table.loc[2, "attempts"] == 2  # the first try and one retry
     assert list(table.loc[[0, 1, 3], "state"]) == ["COMPLETE"] * 3
     assert result.states == {"COMPLETE": 3, "FAILED": 1}
+
+
+def test_paper_preset_ends_the_study_when_its_chain_stops(ray_session, tiny_model, tmp_path):
+    """anneal-paper reads search.trials as its iterations (3): the dense trial 0, the start
+    evaluation and 3 moves run (5 trials), then the chain stops and so does the study,
+    complete, below its most trials (dense + start + 3 + 2 restarts = 7)."""
+    from crdiff_search.runner import run_study
+    from crdiff_search.runner.study import study_budget, study_complete
+    from crdiff_search.study_folder import StudyFolder
+
+    out = tmp_path / "paper"
+    config = tiny_config(
+        tiny_model,
+        out,
+        **{
+            "search.sampler": "anneal-paper",
+            "search.trials": 3,
+            "search.concurrency": 1,
+            "ratios.low": 0.1,
+            "ratios.high": 0.8,
+        },
+    )
+    assert study_budget(config) == 7
+    result = run_study(config, out_dir=out, progress=False)
+    table = pd.read_parquet(result.table_path).sort_values("trial_index")
+    assert len(table) == 5 and set(table["state"]) == {"COMPLETE"}
+    assert result.complete and result.sampler_stopped and result.budget == 7
+    start = table[table["trial_index"] == 1][[c for c in table if c.startswith("ratio.")]]
+    assert np.allclose(start.to_numpy(), 0.3)
+    stop = json.loads(StudyFolder(out).stop_file.read_text())
+    assert stop["iterations"] == 3 and stop["trials"] == 5
+    assert study_complete(out, config)
+
+
+def test_failed_images_score_the_failure_value(ray_session, tiny_model, tmp_path):
+    """objective.failed_image_score: a chunk whose scoring fails is scored image by image and
+    the image that fails counts the failure value in the mean; the trial completes."""
+    from crdiff_search.runner import run_study
+
+    out = tmp_path / "failed-images"
+    # One worker, calls in order: 1 dense (2 images), 2 trial 1 (fails as a batch), 3 its first
+    # image alone (fails: -2.0), 4 its second image alone, 5 trial 2.
+    config = tiny_config(
+        tiny_model,
+        out,
+        **{
+            "search.trials": 3,
+            "search.concurrency": 1,
+            "search.retries": 0,
+            "objective.failed_image_score": -2.0,
+            "objective.options": {"log": str(out) + ".calls", "fail_calls": [2, 3]},
+        },
+    )
+    result = run_study(config, out_dir=out, progress=False)
+    table = pd.read_parquet(result.table_path).set_index("trial_index")
+    assert list(table["state"]) == ["COMPLETE"] * 3
+    assert list(table["n_failed_images"]) == [0, 1, 0]
+    calls = [json.loads(line) for line in Path(str(out) + ".calls").read_text().splitlines()]
+    assert [c["n"] for c in calls] == [2, 2, 1, 1, 2]
+    # Trial 1's score: the mean of -2.0 and its second image's brightness (in [0, 1]).
+    assert -1.0 <= table.loc[1, "score"] <= -0.5

@@ -105,6 +105,11 @@ def _search(args: argparse.Namespace) -> int:
         f"table: {result.table_path}",
         file=sys.stdout,
     )
+    if result.sampler_stopped and result.finished < result.budget:
+        print(
+            f"the {config.search.sampler} sampler ended the search after {result.finished} "
+            f"of at most {result.budget} trials (its stop rule; the dense trial 0 included)"
+        )
     if not result.complete:
         why = "interrupted" if result.interrupted else "stopped"
         print(

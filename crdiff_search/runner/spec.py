@@ -46,6 +46,7 @@ class WorkerSpec:
     seed: int
     terms: tuple[Term, ...]  # the objective: a weighted sum, relative terms included
     mode: str  # "max" or "min"
+    failed_image_score: float | None = None  # see ObjectiveSpec.failed_image_score
     plugins: tuple[str, ...] = ()
     plugin_paths: tuple[str, ...] = ()
     # ---- what is generated
@@ -83,6 +84,7 @@ class WorkerSpec:
             seed=config.search.seed,
             terms=objective_terms(config.objective),
             mode=config.objective.mode,
+            failed_image_score=config.objective.failed_image_score,
             plugins=tuple(config.plugins),
             plugin_paths=tuple(module_roots(config.plugins)),
             steps=model.steps,

@@ -37,6 +37,7 @@ class StudyResult:
     states: dict[str, int] = field(default_factory=dict)
     budget: int = 0
     interrupted: bool = False  # stopped by SIGINT (Ctrl-C)
+    sampler_stopped: bool = False  # the sampler ended the search before the budget
 
     @property
     def finished(self) -> int:
@@ -45,7 +46,7 @@ class StudyResult:
 
     @property
     def complete(self) -> bool:
-        return self.finished >= self.budget
+        return self.sampler_stopped or self.finished >= self.budget
 
 
 class _TuneStopWatch(logging.Filter):
@@ -238,36 +239,70 @@ def check_resumable(out: Path, config: ExperimentConfig | None = None) -> Experi
     return before
 
 
-def _search_alg(config: ExperimentConfig, groups):
+def _search_alg(config: ExperimentConfig, groups, out: Path):
     import optuna
     from optuna.distributions import FloatDistribution
-    from ray.tune.search.optuna import OptunaSearch
+
+    from crdiff_search.runner.searcher import StoppingOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # The dense point (all ratios 0) may lie below the search range on purpose.
     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     space = {g: FloatDistribution(*config.ratios.bounds(g)) for g in groups}
-    return OptunaSearch(
+    return StoppingOptunaSearch(
         space,
         metric="score",
         mode=config.objective.mode,
         sampler=build_sampler(config),
         points_to_evaluate=[dict.fromkeys(groups, 0.0)],  # trial 0: the dense model
+        stop_file=StudyFolder(out).stop_file,
     )
+
+
+def _counts_iterations(config: ExperimentConfig) -> bool:
+    """Whether the study's sampler reads ``search.trials`` as its iteration budget (the
+    reference annealing: ``anneal-paper``)."""
+    from crdiff_search.samplers import SAMPLERS
+
+    return SAMPLERS.metadata(config.search.sampler).get("budget") == "iterations"
 
 
 def build_sampler(config: ExperimentConfig):
     """The study's Optuna sampler; a bad option value is a usage error naming the option."""
     from crdiff_search.samplers import create_sampler
 
+    options = dict(config.search.sampler_options)
+    if _counts_iterations(config):
+        options.setdefault("max_iterations", config.search.trials)
     try:
-        return create_sampler(
-            config.search.sampler, seed=config.search.seed, **dict(config.search.sampler_options)
-        )
+        return create_sampler(config.search.sampler, seed=config.search.seed, **options)
     except UsageError as exc:
         raise UsageError(f"search.sampler_options: {exc}") from None
     except TypeError as exc:
         raise UsageError(f"search.sampler_options for {config.search.sampler!r}: {exc}") from None
+
+
+def study_budget(config: ExperimentConfig) -> int:
+    """The most trials the study runs: ``search.trials``; for a sampler that counts iterations
+    (``anneal-paper``), the dense trial 0 plus the most evaluations its chain can ask for (the
+    start, ``search.trials`` iterations and one per restart)."""
+    if _counts_iterations(config):
+        most = getattr(build_sampler(config), "max_evaluations", None)
+        if most is not None:
+            return 1 + int(most)
+    return config.search.trials
+
+
+def study_complete(out: str | Path, config: ExperimentConfig) -> bool:
+    """Whether the study in ``out`` has nothing left to run: its budget is used up, or its
+    sampler ended the search (``sampler_stopped.json``)."""
+    folder = StudyFolder(out)
+    if folder.stop_file.is_file():
+        return True
+    if not folder.table.is_file():
+        return False
+    states = folder.read_table(columns=["state"])["state"]
+    return int(states.isin(list(records.DONE_STATES)).sum()) >= study_budget(config)
 
 
 def _scheduler(config: ExperimentConfig):
@@ -323,6 +358,7 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
         "objective": dict(zip(config.objective.names, config.objective.weights, strict=True)),
         "sampler": config.search.sampler,
         "trials": config.search.trials,
+        "max_trials": study_budget(config),
         "concurrency": config.search.concurrency,
         "early_stopping": config.search.early_stopping,
         "output": str(config.output_dir),
@@ -427,7 +463,7 @@ def run_study(
                 sampler=config.search.sampler,
                 seed=config.search.seed,
                 n_chunks=len(config.chunks()),
-                budget=config.search.trials,
+                budget=study_budget(config),
                 mode=config.objective.mode,
                 progress=progress,
                 tracking=tracking,
@@ -435,9 +471,9 @@ def run_study(
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_search_alg(config, groups),
+                    search_alg=_search_alg(config, groups, out),
                     scheduler=_scheduler(config),
-                    num_samples=config.search.trials,
+                    num_samples=study_budget(config),
                     max_concurrent_trials=config.search.concurrency,
                     reuse_actors=True,
                 ),
@@ -548,7 +584,8 @@ def summarize(
         parent_run_id=tracking.parent_run_id if tracking else None,
         n_trials=len(frame),
         states=states,
-        budget=config.search.trials,
+        budget=study_budget(config),
+        sampler_stopped=StudyFolder(out).stop_file.is_file(),
     )
 
 

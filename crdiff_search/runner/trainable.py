@@ -73,6 +73,7 @@ class PruningTrainable(tune.Trainable):
     def _begin(self, config: Mapping[str, Any]) -> None:
         self._ratios = ratios_of(config, self._spec.groups)
         self._chunk = 0
+        self._failed_images = 0
         self._scores: dict[str, list[float]] = {}
         self._timings = dict.fromkeys(records.PHASE_TIMINGS, 0.0)
         self._applied = False
@@ -115,6 +116,7 @@ class PruningTrainable(tune.Trainable):
             "ratios": self._ratios,
             "started_at": self._started_at,
             "timings": self._timings,
+            "failed_images": self._failed_images,
         }
         with open(os.path.join(checkpoint_dir, CHECKPOINT_FILE), "w") as f:
             json.dump(state, f)
@@ -127,6 +129,7 @@ class PruningTrainable(tune.Trainable):
             self._scores = {k: list(v) for k, v in state["scores"].items()}
             self._started_at = float(state["started_at"])
             self._timings.update(state["timings"])
+            self._failed_images = int(state.get("failed_images", 0))
 
     # ---- one prompt chunk per step
     def step(self) -> dict:
@@ -152,13 +155,7 @@ class PruningTrainable(tune.Trainable):
             self._timings["t_prune"] += time.perf_counter() - t0
             self._applied = True
         start, stop = spec.chunks[self._chunk]
-        t0 = time.perf_counter()
-        images = state.generate(spec, start, stop)
-        t1 = time.perf_counter()
-        parts = state.score(images, spec.prompts[start:stop])
-        t2 = time.perf_counter()
-        self._timings["t_generate"] += t1 - t0
-        self._timings["t_score"] += t2 - t1
+        images, parts = self._generate_and_score(start, stop)
         for name, values in parts.items():
             self._scores.setdefault(name, []).extend(float(v) for v in values)
         if len(self._images) < 8:
@@ -189,6 +186,7 @@ class PruningTrainable(tune.Trainable):
             "score_delta": float(delta),
             "sparsity": float(sparsity),
             "n_images": int(n),
+            "n_failed_images": int(self._failed_images),
             "chunk": self._chunk,
             "n_chunks": len(spec.chunks),
             **{records.ratio_column(g): r for g, r in self._ratios.items()},
@@ -212,6 +210,69 @@ class PruningTrainable(tune.Trainable):
         if done:
             self._track(metrics, is_dense)
         return metrics
+
+    def _generate_and_score(self, start: int, stop: int) -> tuple[list, dict[str, list[float]]]:
+        """The chunk's images and each term's per-image scores. With the objective's
+        ``failed_image_score``, a chunk that fails is done again one image at a time, and an
+        image whose generation or scoring fails (or scores NaN) gets that score in every term,
+        as the reference scores a failed prompt; without it, a failure fails the trial."""
+        spec, state = self._spec, self._state
+        try:
+            t0 = time.perf_counter()
+            images = state.generate(spec, start, stop)
+            t1 = time.perf_counter()
+            parts = state.score(images, spec.prompts[start:stop])
+            self._timings["t_generate"] += t1 - t0
+            self._timings["t_score"] += time.perf_counter() - t1
+        except Exception:
+            if spec.failed_image_score is None:
+                raise
+            log.warning(
+                "trial %s: prompts %d-%d failed as a batch; scoring them one at a time "
+                "(a failed image counts %s):\n%s",
+                self.trial_id,
+                start,
+                stop - 1,
+                spec.failed_image_score,
+                traceback.format_exc(limit=2),
+            )
+            return self._one_at_a_time(start, stop)
+        parts = {k: [float(v) for v in values] for k, values in parts.items()}
+        if spec.failed_image_score is not None:
+            for i in range(stop - start):
+                if not all(math.isfinite(values[i]) for values in parts.values()):
+                    self._failed_images += 1
+                    for values in parts.values():
+                        values[i] = float(spec.failed_image_score)
+        return images, parts
+
+    def _one_at_a_time(self, start: int, stop: int) -> tuple[list, dict[str, list[float]]]:
+        spec, state = self._spec, self._state
+        labels = list(state.objective.labels)
+        images: list = []
+        parts: dict[str, list[float]] = {label: [] for label in labels}
+        for i in range(start, stop):
+            scores = None
+            try:
+                t0 = time.perf_counter()
+                image = state.generate(spec, i, i + 1)
+                t1 = time.perf_counter()
+                one = state.score(image, spec.prompts[i : i + 1])
+                self._timings["t_generate"] += t1 - t0
+                self._timings["t_score"] += time.perf_counter() - t1
+                scores = {k: float(v[0]) for k, v in one.items()}
+                if all(math.isfinite(v) for v in scores.values()):
+                    images.extend(image)
+                else:
+                    scores = None
+            except Exception as exc:
+                log.warning("trial %s: prompt %d failed: %s", self.trial_id, i, exc)
+            if scores is None:
+                self._failed_images += 1
+                scores = dict.fromkeys(labels, float(spec.failed_image_score))
+            for label in labels:
+                parts[label].append(scores[label])
+        return images, parts
 
     # ---- MLflow child run (from the worker, so that it can carry images)
     def _track(self, metrics: dict, is_dense: bool) -> None:

@@ -65,13 +65,21 @@ def _uniform(*, seed=None, **options) -> BaseSampler:
 SAMPLERS = PluginRegistry("sampler")
 for _name, _factory, _options_of in (
     ("anneal", _anneal, SimulatedAnnealingSampler),
-    ("anneal-paper", _anneal_paper, SimulatedAnnealingSampler),
     ("tpe", _tpe, TPESampler),
     ("random", _random, RandomSampler),
     ("cmaes", _cmaes, CmaEsSampler),
     ("uniform", _uniform, UniformRatioSampler),
 ):
     SAMPLERS.register(_name, _factory, origin="builtin", options_of=_options_of)
+# The reference loop counts iterations: the runner passes ``search.trials`` as its
+# ``max_iterations`` and allows the start and restart evaluations on top (metadata "budget").
+SAMPLERS.register(
+    "anneal-paper",
+    _anneal_paper,
+    origin="builtin",
+    options_of=SimulatedAnnealingSampler,
+    budget="iterations",
+)
 
 SAMPLER_NAMES = SAMPLERS  # a live, sorted sequence of the registered names
 
