@@ -2,9 +2,21 @@
 
 The model: a BLIP ViT-L/16 image encoder; a BERT-base text encoder whose layers cross-attend to
 the image tokens (BLIP's "med" text model); an MLP head on the first ([CLS]) text token; the
-reward is standardised with the mean and standard deviation the authors measured. Images are
-resized (bicubic, shorter side) to 224, centre-cropped, converted to RGB and normalised with
-OpenAI CLIP's constants; prompts are BERT-tokenised, padded and cut to 35 tokens.
+reward is standardised with the mean and standard deviation the authors measured. Prompts are
+BERT-tokenised, padded and cut to 35 tokens.
+
+What the model sees (``resize``):
+
+- ``"reference"`` (default): the CR-Diff evaluation protocol. The image goes through a PNG
+  round trip, is resized to 256x256 with bicubic resampling *without keeping its aspect
+  ratio*, goes through PNG again, then through ImageReward's own transform (a no-op crop on a
+  square); scored in fp32 unless ``dtype`` says otherwise. The whole image stays in view: on
+  a 400x560 image nothing is cut (the crop below would hide 28.6 % of its height, where
+  resolution failures such as duplicated subjects often sit), at the price of a squashed
+  aspect ratio. Scores are comparable with the paper's.
+- ``"crop"``: ImageReward's own transform on the original image (bicubic resize of the
+  shorter side to 224, centre crop, RGB, CLIP normalisation): the model's training-time view,
+  but blind to the cut margins of a non-square image.
 
 Weights: the official ``ImageReward.pt`` state dict and its ``med_config.json``; the BERT
 vocabulary is bert-base-uncased's ``vocab.txt``. Each comes from an explicit path, an
@@ -248,6 +260,29 @@ def resolve_vocab(vocab: str | os.PathLike | None) -> Path:
     )
 
 
+# What the reward model sees of an image (the ``resize`` option).
+RESIZE_MODES = ("reference", "crop")
+REFERENCE_SIZE = 256
+
+
+def reference_resize(image: Any, size: int = REFERENCE_SIZE):
+    """The CR-Diff evaluation's step before ImageReward: the image saved as PNG, resized to
+    ``size`` x ``size`` (bicubic, the aspect ratio NOT kept: the whole image stays in view),
+    saved as PNG again. Returns the PIL image the reward model's own transform then gets."""
+    import io
+
+    from PIL import Image
+
+    def png(im):
+        buffer = io.BytesIO()
+        im.save(buffer, format="PNG")
+        buffer.seek(0)
+        with Image.open(buffer) as again:
+            return again.copy()
+
+    return png(png(to_pil(image)).resize((size, size), Image.BICUBIC))
+
+
 def preprocess(image: Any, size: int = 224) -> torch.Tensor:
     """ImageReward's transform: bicubic resize of the shorter side to ``size``, centre crop,
     RGB, [0, 1], CLIP normalisation. Returns a (3, size, size) float32 tensor."""
@@ -274,11 +309,18 @@ class ImageRewardObjective(Objective):
         dtype: str | None = None,
         batch_size: int = 16,
         vision_heads: int | None = None,
+        resize: str = "reference",
     ):
         if batch_size < 1:
             raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+        if resize not in RESIZE_MODES:
+            raise UsageError(
+                f"imagereward resize {resize!r} is not valid; valid: {', '.join(RESIZE_MODES)}"
+            )
+        self.resize = resize
         self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
+        # The reference scores in fp32: "auto" keeps it for that protocol, on a GPU too.
+        self.dtype = pick_dtype(self.device, dtype, half_ok=resize != "reference")
         self.batch_size = batch_size
         checkpoint_path = resolve_file(
             checkpoint,
@@ -316,6 +358,8 @@ class ImageRewardObjective(Objective):
         self.model = model
 
     def preprocess(self, image: Any) -> torch.Tensor:
+        if self.resize == "reference":
+            image = reference_resize(image)
         return preprocess(image, self.model.image_size)
 
     @torch.inference_mode()

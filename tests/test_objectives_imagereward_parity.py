@@ -215,6 +215,7 @@ def test_scores_match_the_package_model(tiny_checkpoint, bert_vocab):
         device="cpu",
         vision_heads=VISION["num_heads"],
         batch_size=3,
+        resize="crop",
     )
     got = ours.score(images, PROMPTS)
     assert len(ours.tokenizer) == BERT_VOCAB_SIZE + 2
@@ -232,3 +233,64 @@ def test_scores_match_the_package_model(tiny_checkpoint, bert_vocab):
     # The preprocessing is the package's transform.
     for image in images:
         torch.testing.assert_close(ours.preprocess(image), package_model.preprocess(image))
+
+
+def test_reference_protocol_is_the_package_on_the_squashed_png(tiny_checkpoint, bert_vocab):
+    """resize="reference" (the default): the CR-Diff evaluation, written here with PIL as its
+    scripts do (PNG, 256x256 bicubic without keeping the aspect ratio, PNG), then the package's
+    own scoring; on a non-square image it differs from the crop, which cuts the margins."""
+    import io
+
+    folder, package_model = tiny_checkpoint
+    images = _images()
+    portrait = Image.fromarray(
+        np.random.default_rng(5).integers(0, 256, (560, 400, 3), dtype=np.uint8)
+    )
+    images.append(portrait)
+    prompts = [*PROMPTS, PROMPTS[0]]
+
+    def squashed(image):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        with Image.open(io.BytesIO(buffer.getvalue())) as png:
+            small = png.resize((256, 256), Image.BICUBIC)
+        buffer = io.BytesIO()
+        small.save(buffer, format="PNG")
+        return Image.open(io.BytesIO(buffer.getvalue()))
+
+    with torch.no_grad():
+        expected = np.array(
+            [package_model.score(p, squashed(im)) for p, im in zip(prompts, images, strict=True)]
+        )
+    kwargs = dict(
+        checkpoint=folder / "ImageReward.pt",
+        med_config=folder / "med_config.json",
+        vocab=bert_vocab,
+        device="cpu",
+        vision_heads=VISION["num_heads"],
+    )
+    ours = ImageRewardObjective(**kwargs)
+    assert ours.resize == "reference" and ours.dtype == torch.float32
+    np.testing.assert_allclose(ours.score(images, prompts), expected, atol=1e-4, rtol=1e-5)
+    crop = ImageRewardObjective(**kwargs, resize="crop")
+    assert not torch.equal(ours.preprocess(portrait), crop.preprocess(portrait))
+    # The crop keeps about the middle 400 of the portrait's 560 rows: the rows it cuts change
+    # nothing for it, and change the reference protocol's input.
+    cut = np.asarray(portrait).copy()
+    cut[:60] = 0  # inside the 80 rows the crop drops at the top, clear of its kernel
+    cut = Image.fromarray(cut)
+    torch.testing.assert_close(crop.preprocess(cut), crop.preprocess(portrait))
+    assert not torch.equal(ours.preprocess(cut), ours.preprocess(portrait))
+
+
+def test_resize_mode_is_checked(tiny_checkpoint, bert_vocab):
+    from crdiff_search.errors import UsageError
+
+    folder, _ = tiny_checkpoint
+    with pytest.raises(UsageError, match="resize 'squish'.*reference, crop"):
+        ImageRewardObjective(
+            checkpoint=folder / "ImageReward.pt",
+            med_config=folder / "med_config.json",
+            vocab=bert_vocab,
+            resize="squish",
+        )

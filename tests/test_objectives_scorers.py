@@ -116,6 +116,10 @@ def test_preprocessing_matches_the_documented_transform(scorers, images, name, s
     for image in images[:2]:
         got = scorers[name].preprocess(image)
         assert got.shape == (3, size, size)
+        if name == "imagereward":  # the reference protocol: the 256x256 squash first
+            from crdiff_search.objectives.imagereward import reference_resize
+
+            image = reference_resize(image)
         torch.testing.assert_close(got, _documented(size)(image), atol=1e-6, rtol=0)
 
 
