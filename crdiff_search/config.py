@@ -121,7 +121,9 @@ class PartitionSection:
     granularity: str = "paper"
     include: tuple[str, ...] = ()  # empty: the partition's default rule
     n_groups: int = 0  # 0: the granularity's own number of groups
-    criterion: str = "magnitude"
+    # "auto": magnitude-tensor for a transformer's paper partition (the reference), else
+    # magnitude (one threshold per group)
+    criterion: str = "auto"
 
     @property
     def spec(self) -> PartitionSpec:

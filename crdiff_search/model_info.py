@@ -213,6 +213,25 @@ def group_names(config: ExperimentConfig, info: ModelInfo | None = None) -> tupl
     return tuple(partition.group_names)
 
 
+def study_criterion(config: ExperimentConfig, info: ModelInfo | None = None) -> str:
+    """``partition.criterion`` made concrete for the study's model (``auto``:
+    ``magnitude-tensor`` for a transformer's paper partition, else ``magnitude``); ``auto``
+    stays when the model's configs are not on this machine (workers resolve it from the
+    partition they build)."""
+    from crdiff_search.pruning import resolve_criterion
+
+    criterion = config.partition.criterion
+    if criterion != "auto":
+        return criterion
+    info = info if info is not None else model_info(config.model.source)
+    if info is None:
+        return criterion
+    name = info.denoiser_class or "UNet2DConditionModel"
+    if name == "Transformer2DModel":
+        name = "PixArtTransformer2DModel"
+    return resolve_criterion(criterion, config.partition.granularity, name)
+
+
 def check_model(config: ExperimentConfig) -> ModelInfo | None:
     """Checks that need the model's config files: resolution and ratio groups.
 
@@ -221,10 +240,10 @@ def check_model(config: ExperimentConfig) -> ModelInfo | None:
     """
     from crdiff_search.pruning import CRITERION_NAMES
 
-    if config.partition.criterion not in CRITERION_NAMES:
+    if config.partition.criterion not in ("auto", *CRITERION_NAMES):
         raise UsageError(
             f"partition.criterion = {config.partition.criterion!r} is not valid; valid: "
-            f"{', '.join(CRITERION_NAMES)}"
+            f"auto, {', '.join(CRITERION_NAMES)}"
         )
     info = model_info(config.model.source)
     if info is None:

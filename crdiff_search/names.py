@@ -3,7 +3,7 @@ CLI and the engines all read them).
 
 >>> from crdiff_search.names import GRANULARITIES
 >>> GRANULARITIES
-('paper', 'block', 'kind')
+('paper', 'block', 'kind', 'thirds')
 """
 
 from __future__ import annotations
@@ -11,12 +11,20 @@ from __future__ import annotations
 # Torch dtypes by name; the engines map them to torch.* (crdiff_search.models.resolve_dtype).
 DTYPES = ("float32", "float16", "bfloat16")
 # Partition granularities (search_spaces.build_partition).
-GRANULARITIES = ("paper", "block", "kind")
+GRANULARITIES = ("paper", "block", "kind", "thirds")
 # Weight kinds a partition can select by structure (search_spaces.selection).
 KINDS = ("self_attn", "cross_attn", "ff", "resnet")
 # Denoiser classes with a partition: UNets, then transformers.
 UNET_CLASSES = ("UNet2DConditionModel",)
-TRANSFORMER_CLASSES = ("DiTTransformer2DModel", "PixArtTransformer2DModel")
+TRANSFORMER_CLASSES = (
+    "DiTTransformer2DModel",
+    "PixArtTransformer2DModel",
+    "SD3Transformer2DModel",
+    "FluxTransformer2DModel",
+)
+# Pruning criteria known without importing them; "auto" is resolved per partition
+# (crdiff_search.pruning.resolve_criterion).
+AUTO_CRITERION = "auto"
 DENOISER_CLASSES = UNET_CLASSES + TRANSFORMER_CLASSES
 # Scheduler name -> diffusers class; "default" keeps the pipeline's own scheduler.
 SCHEDULERS = {

@@ -192,9 +192,10 @@ class Recipe:
                 )
         if not isinstance(self.partition, PartitionSpec):
             object.__setattr__(self, "partition", PartitionSpec.from_dict(self.partition))
-        if self.criterion not in CRITERIA:
+        if self.criterion != "auto" and self.criterion not in CRITERIA:
             raise RecipeError(
-                f"recipe criterion {self.criterion!r} is unknown; valid: {', '.join(CRITERIA)}"
+                f"recipe criterion {self.criterion!r} is unknown; valid: auto, "
+                f"{', '.join(CRITERIA)}"
             )
         if not isinstance(self.ratios, dict) or not self.ratios:
             raise RecipeError("recipe field 'ratios' must be a non-empty object {group: ratio}")

@@ -683,7 +683,7 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
         width=config.width,
         height=config.height,
         partition=p.spec,
-        criterion=p.criterion,
+        criterion=_study_criterion(config),
         ratios={g: float(r) for g, r in ratios.items() if g in groups or not groups},
         poa_w=float(w),
         objective=_objective_name(config),
@@ -716,3 +716,9 @@ def _parent_run_id(config, study_id: str) -> str | None:
         return tracker.find_study(study_id)
     except Exception:
         return None
+
+
+def _study_criterion(config) -> str:
+    from crdiff_search.model_info import study_criterion
+
+    return study_criterion(config)

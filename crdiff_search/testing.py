@@ -141,6 +141,45 @@ def tiny_pixart(seed: int = 0, num_layers: int = 6):
     ).eval()
 
 
+def tiny_sd3(seed: int = 0, num_layers: int = 4, dual_attention_layers: tuple = (0,)):
+    """A tiny SD3(.5)-style MMDiT: joint attention blocks, SD3.5's second attention in the
+    ``dual_attention_layers``, the last block context-pre-only."""
+    from diffusers import SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    return SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=2,
+        in_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        caption_projection_dim=16,
+        pooled_projection_dim=8,
+        out_channels=4,
+        dual_attention_layers=tuple(dual_attention_layers),
+    ).eval()
+
+
+def tiny_flux(seed: int = 0, num_layers: int = 2, num_single_layers: int = 3):
+    """A tiny Flux transformer: double-stream blocks, then single-stream ones."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        joint_attention_dim=16,
+        pooled_projection_dim=8,
+        axes_dims_rope=(2, 2, 4),
+    ).eval()
+
+
 def tiny_sd_pipeline(seed: int = 0):
     """A complete ``StableDiffusionPipeline`` of tiny random-init parts (CPU, a few MB).
 

@@ -403,7 +403,7 @@ def _partition(raw: dict) -> PartitionSection:
         _choice(f"partition.include[{i}]", kind, KINDS)
     n_groups = _expect("partition.n_groups", raw.get("n_groups", 0), "int")
     _at_least("partition.n_groups", n_groups, 0)
-    criterion = _expect("partition.criterion", raw.get("criterion", "magnitude"), "str")
+    criterion = _expect("partition.criterion", raw.get("criterion", "auto"), "str")
     if not criterion:
         raise UsageError("partition.criterion is empty; e.g. 'magnitude'")
     return PartitionSection(

@@ -24,6 +24,20 @@ from crdiff_search.errors import UsageError
 from crdiff_search.names import KINDS
 
 PAPER_KINDS = ("self_attn", "ff")
+# The reference's transformer path (lib/prune_dit.py via pruning_utils.py): Linear/Conv2d
+# modules whose qualified name ENDS with one of these, anywhere in the model.
+REFERENCE_TRANSFORMER_SUFFIXES = (
+    "attn1.to_q",
+    "attn1.to_k",
+    "attn1.to_v",
+    "attn1.to_out.0",
+    "attn2.to_q",
+    "attn2.to_k",
+    "attn2.to_v",
+    "attn2.to_out.0",
+    "ff.net.0.proj",
+    "ff.net.2",
+)
 
 
 def normalize_include(include: str | Iterable[str] | None) -> tuple[str, ...] | None:
@@ -45,6 +59,16 @@ def paper_rule(module_name: str, module: nn.Module) -> bool:
         type(module) in (nn.Linear, nn.Conv2d)
         and ("attn" in module_name or "ff" in module_name)
         and "attn2" not in module_name
+    )
+
+
+def reference_transformer_rule(module_name: str, module: nn.Module) -> bool:
+    """The reference's transformer predicate (exact types, name suffixes). In DiT and PixArt it
+    selects the self- and cross-attention projections and the feed-forward layers of every
+    block; in SD3 and Flux, whose attention is named ``attn``, only ``ff`` (and SD3.5's
+    ``attn2``): the reference's own reach there."""
+    return type(module) in (nn.Linear, nn.Conv2d) and module_name.endswith(
+        REFERENCE_TRANSFORMER_SUFFIXES
     )
 
 
@@ -76,6 +100,12 @@ def weight_kinds(model: nn.Module) -> dict[str, str]:
             kind, leaf_types = "ff", (nn.Linear, nn.Conv2d)
         elif isinstance(module, classes["resnet"]):
             kind, leaf_types = "resnet", (nn.Conv2d,)
+        elif _is_parallel_block(module):
+            # Flux's single-stream block: attention and an MLP side by side; proj_mlp is the
+            # MLP's input, proj_out the shared output of both.
+            for sub in ("proj_mlp", "proj_out"):
+                kinds.setdefault(f"{name}.{sub}.weight", "ff")
+            continue
         else:
             continue
         for sub, leaf in module.named_modules():
@@ -84,17 +114,27 @@ def weight_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
-def select_weights(model: nn.Module, include: Sequence[str] | None) -> list[tuple[str, str]]:
+def _is_parallel_block(module: nn.Module) -> bool:
+    return all(
+        isinstance(getattr(module, sub, None), nn.Linear) for sub in ("proj_mlp", "proj_out")
+    ) and hasattr(module, "attn")
+
+
+def select_weights(
+    model: nn.Module, include: Sequence[str] | None, rule=None
+) -> list[tuple[str, str]]:
     """``(parameter name, kind)`` pairs in module-tree order.
 
-    With ``include=None`` the paper rule decides; a selected weight outside any kind container
-    is labelled by its name (``ff`` if the name has an ``ff`` part, else ``self_attn``).
+    With ``include=None`` a name rule decides (``rule``: default the UNet paper rule); a
+    selected weight outside any kind container is labelled by its name (``ff`` if the name has
+    an ``ff`` part, else ``self_attn``).
     """
     kinds = weight_kinds(model)
     selected: list[tuple[str, str]] = []
     if include is None:
+        rule = rule or paper_rule
         for name, module in model.named_modules():
-            if paper_rule(name, module):
+            if rule(name, module):
                 pname = f"{name}.weight"
                 fallback = "ff" if "ff" in name.split(".") else "self_attn"
                 selected.append((pname, kinds.get(pname, fallback)))

@@ -44,6 +44,11 @@ def build(
         raise UsageError(
             "n_groups applies to transformer partitions only; UNet groups follow its blocks"
         )
+    if granularity == "thirds":
+        raise UsageError(
+            "the thirds partition applies to transformer denoisers; a UNet's granularities "
+            "are paper (down / mid / up), block and kind"
+        )
     return unet_partition(model, granularity, include, name)
 
 

@@ -449,3 +449,42 @@ def test_validation_is_pure_it_imports_no_plugin_and_builds_no_sampler(monkeypat
     bad_value = load_experiment(None, **{"search.sampler_options": {"patience": -1}})
     with pytest.raises(UsageError, match="search.sampler_options"):
         build_sampler(bad_value)  # values: checked when the driver builds it, before Ray
+
+
+def test_paper_studies_run_the_reference_procedure(monkeypatch):
+    """experiments/paper/: anneal-paper on the reference's 2 prompts with its one seed, 30
+    steps, guidance 7.5, ImageReward's reference protocol, failures scored -2.0, one at a time;
+    at most dense + 1 + 120 + 2 trials; every file listed in its grid."""
+    from crdiff_search.launch import load_grid
+    from crdiff_search.model_info import check_model, study_criterion
+    from crdiff_search.runner.study import study_budget
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = REPO / "experiments" / "paper"
+    files = sorted(folder.glob("*.toml"))
+    studies = [p for p in files if p.name != "grid.toml"]
+    assert {p.stem for p in studies} == {
+        "sd15-768x768", "sd21-480x360", "sdxl-512x512", "sdxl-400x560", "sdxl-480x360",
+    }  # fmt: skip
+    for path in studies:
+        cfg = load_experiment(path)
+        assert cfg.study == f"paper-{path.stem}"
+        assert (cfg.search.sampler, cfg.search.trials, cfg.search.concurrency) == (
+            "anneal-paper",
+            120,
+            1,
+        )
+        assert study_budget(cfg) == 1 + 1 + 120 + 2
+        assert cfg.prompt_list() == [
+            "A cat holding a sign that says hello world",
+            "A billboard in Times Square showing the text 'FUTURE IS NOW' in bold neon letters",
+        ]
+        assert cfg.seed_list() == [24432, 24432]
+        assert (cfg.model.steps, cfg.model.guidance, cfg.model.scheduler) == (30, 7.5, "default")
+        assert cfg.objective.names == ("imagereward",)
+        assert cfg.objective.options_for("imagereward") == {"resize": "reference"}
+        assert cfg.objective.failed_image_score == -2.0
+        assert cfg.ratios.bounds("down") == (0.1, 0.8)
+        assert check_model(cfg) is not None and study_criterion(cfg) == "magnitude"
+    grid = load_grid(folder / "grid.toml")
+    assert sorted(Path(s.experiment).name for s in grid.studies) == [p.name for p in studies]

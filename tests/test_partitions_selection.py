@@ -123,9 +123,81 @@ def test_kind_granularity_and_include_widen_selection(tiny):
     assert len(cross.param_names) == 4 * 6  # six transformer blocks
 
 
-def test_transformer_paper_partitions_are_thirds():
+REFERENCE_SUFFIXES = (
+    "attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+    "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0",
+    "ff.net.0.proj", "ff.net.2",
+)  # fmt: skip
+
+
+def _reference_prune(model, ratio):
+    """The reference's transformer path restated: every Linear/Conv2d (exact type) whose name
+    ends in one of its suffixes; per tensor, t = kthvalue(|W|, int(numel * ratio)); W[|W| <= t]
+    = 0. (The reference crashes at ratio 0: k = 0.)"""
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if type(module) in (torch.nn.Linear, torch.nn.Conv2d) and name.endswith(
+                REFERENCE_SUFFIXES
+            ):
+                w = module.weight.data
+                metric = w.abs()
+                t = torch.kthvalue(metric.flatten(), int(w.numel() * ratio))[0]
+                w[metric <= t] = 0
+
+
+TRANSFORMERS = {
+    "dit": testing.tiny_dit,
+    "pixart": testing.tiny_pixart,
+    "sd3": testing.tiny_sd3,
+    "flux": testing.tiny_flux,
+}
+
+
+@pytest.mark.parametrize("kind", list(TRANSFORMERS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_transformer_paper_preset_is_the_reference(kind, dtype):
+    """granularity="paper" with criterion "auto" on a transformer: one shared ratio, the
+    reference's modules, a threshold per tensor; the pruned weights equal the reference's."""
+    from crdiff_search.pruning import Pruner
+
+    ours = TRANSFORMERS[kind](seed=3).to(dtype)
+    theirs = TRANSFORMERS[kind](seed=3).to(dtype)
+    pruner = Pruner(ours, "paper")
+    assert pruner.partition.group_names == ("shared",)
+    assert pruner.criterion.name == "magnitude-tensor"
+    for ratio in (0.37, 0.8):
+        pruner.apply_({"shared": ratio})
+        reference = TRANSFORMERS[kind](seed=3).to(dtype)
+        _reference_prune(reference, ratio)
+        for (name, a), (_, b) in zip(
+            ours.state_dict().items(), reference.state_dict().items(), strict=True
+        ):
+            assert torch.equal(a, b), (kind, ratio, name)
+        pruner.restore_()
+    for (_, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_transformer_paper_selection_per_model():
+    def selected(model):
+        return list(build_partition(model, "paper").param_names)
+
+    pixart = testing.tiny_pixart()
+    names = selected(pixart)
+    assert any(".attn2." in n for n in names) and any(".attn1." in n for n in names)
+    assert len(names) == 6 * 10  # six blocks: attn1 x4, attn2 x4, ff x2
+    # SD3 and Flux name their attention "attn": the reference reaches the feed-forward layers
+    # (and SD3.5's attn2), not ff_context, not the joint attention.
+    sd3 = selected(testing.tiny_sd3(num_layers=4, dual_attention_layers=(0,)))
+    assert sum(".ff.net." in n for n in sd3) == 2 * 4 and sum(".attn2." in n for n in sd3) == 4
+    assert not any("ff_context" in n or ".attn.to_" in n for n in sd3)
+    flux = selected(testing.tiny_flux(num_layers=2, num_single_layers=3))
+    assert len(flux) == 2 * 2 and all(n.startswith("transformer_blocks.") for n in flux)
+
+
+def test_transformer_thirds_partitions():
     for model in (testing.tiny_dit(), testing.tiny_pixart(num_layers=7)):
-        part = build_partition(model, "paper")
+        part = build_partition(model, "thirds")
         assert part.group_names == ("early", "middle", "late")
         n_blocks = len(model.transformer_blocks)
         blocks = {
@@ -134,18 +206,44 @@ def test_transformer_paper_partitions_are_thirds():
         assert sum(len(b) for b in blocks.values()) == n_blocks
         assert blocks["early"][-1] < blocks["middle"][0] <= blocks["middle"][-1] < blocks["late"][0]
         assert max(map(len, blocks.values())) - min(map(len, blocks.values())) <= 1
-        # the same rule as the UNet: attention and feed-forward projections, not attn2
-        expected = [
-            name + ".weight"
-            for name, m in model.named_modules()
-            if type(m) is torch.nn.Linear
-            and name.startswith("transformer_blocks.")
-            and ("attn" in name or "ff" in name)
-            and "attn2" not in name
-        ]
-        assert list(part.param_names) == expected
+        assert set(part.param_names) == set(build_partition(model, "paper").param_names)
     pixart = testing.tiny_pixart(num_layers=7)
-    assert [len(v) for v in build_partition(pixart, "paper").groups.values()] == [18, 12, 12]
+    assert [len(v) for v in build_partition(pixart, "thirds").groups.values()] == [30, 20, 20]
+
+
+def test_sd3_and_flux_blocks_and_kinds():
+    flux = testing.tiny_flux(num_layers=2, num_single_layers=3)
+    wide = build_partition(flux, "kind", include=("self_attn", "ff"))
+    # Blocks 0-1 are double-stream, 2-4 single-stream (their proj_mlp / proj_out are ff).
+    assert wide.group_names == tuple(
+        f"blocks.{i}.{k}" for i in range(5) for k in ("self_attn", "ff")
+    )
+    assert set(wide.groups["blocks.3.ff"]) == {
+        "single_transformer_blocks.1.proj_mlp.weight",
+        "single_transformer_blocks.1.proj_out.weight",
+    }
+    assert "transformer_blocks.0.attn.add_q_proj.weight" in wide.groups["blocks.0.self_attn"]
+    assert "transformer_blocks.1.ff_context.net.2.weight" in wide.groups["blocks.1.ff"]
+    sd3 = testing.tiny_sd3(num_layers=4)
+    two = build_partition(sd3, "block", n_groups=2, include=("self_attn", "cross_attn", "ff"))
+    assert two.group_names == ("blocks.0-1", "blocks.2-3")
+    thirds = build_partition(sd3, "thirds")
+    assert thirds.group_names == ("early", "middle", "late")
+    with pytest.raises(UsageError, match="thirds partition applies to transformer"):
+        build_partition(testing.tiny_unet(), "thirds")
+
+
+def test_sd3_and_flux_prune_and_restore_bit_for_bit():
+    from crdiff_search.pruning import Pruner
+
+    for model in (testing.tiny_sd3(), testing.tiny_flux()):
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        pruner = Pruner(model, "block", criterion="magnitude")
+        pruner.apply_(dict.fromkeys(pruner.partition.group_names, 0.5))
+        assert all(s > 0.4 for s in pruner.sparsity().values())
+        pruner.restore_()
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, before[k]), k
 
 
 def test_transformer_block_groups_and_kinds():
@@ -172,12 +270,12 @@ def test_pipeline_is_accepted_and_partition_round_trips(tiny):
     again = Partition.from_dict(part.to_dict())
     assert again == part and again.group_names == part.group_names
     assert default_bounds(part) == {g: (0.1, 0.8) for g in part.group_names}
-    assert GRANULARITIES == ("paper", "block", "kind")
+    assert GRANULARITIES == ("paper", "block", "kind", "thirds")
     assert KINDS == ("self_attn", "cross_attn", "ff", "resnet")
 
 
 def test_partition_errors(tiny):
-    with pytest.raises(UsageError, match="valid: paper, block, kind"):
+    with pytest.raises(UsageError, match="valid: paper, block, kind, thirds"):
         build_partition(tiny, "layer")
     with pytest.raises(UsageError, match="valid: self_attn, cross_attn, ff, resnet"):
         build_partition(tiny, "paper", include=["attention"])
@@ -188,9 +286,11 @@ def test_partition_errors(tiny):
     dit = testing.tiny_dit()
     with pytest.raises(UsageError, match="valid: 1..6"):
         build_partition(dit, "block", n_groups=7)
-    with pytest.raises(UsageError, match="three fixed groups"):
+    with pytest.raises(UsageError, match="one group"):
         build_partition(dit, "paper", n_groups=4)
-    # DiT has no cross-attention: every paper group would be empty -> loud error
+    with pytest.raises(UsageError, match="three groups"):
+        build_partition(dit, "thirds", n_groups=4)
+    # DiT has no cross-attention: the group would be empty -> loud error
     with pytest.raises(UsageError, match="select no weights"):
         build_partition(dit, "paper", include=["cross_attn"])
     with pytest.raises(UsageError, match="select no weights"):

@@ -69,7 +69,7 @@ def test_json_per_tensor_and_transformer_block(dit_dir, capsys):
         (["--ratios", "down=x"], "must be a number"),
         (["--ratios", "left=0.3"], "unknown group(s) 'left'; valid: down, mid, up"),
         (["--partition", "layers"], "valid: paper, block, kind"),
-        (["--criterion", "l2"], "valid: magnitude, magnitude-tensor, random"),
+        (["--criterion", "l2"], "valid: auto, magnitude, magnitude-tensor, random"),
         (["--include", "convs"], "valid: self_attn, cross_attn, ff, resnet"),
         (["--n-groups", "2"], "transformer partitions only"),
         (["--dtype", "int8"], "valid: float32, float16, bfloat16"),

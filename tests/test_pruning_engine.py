@@ -199,7 +199,7 @@ def test_per_tensor_and_random_criteria(unet, base_unet):
 def test_transformers_prune_and_restore():
     for model in (testing.tiny_dit(), testing.tiny_pixart()):
         dense = state(model)
-        part = build_partition(model, "paper")
+        part = build_partition(model, "thirds")  # group-wide thresholds under "auto"
         ratios = {"early": 0.2, "middle": 0.5, "late": 0.8}
         want = expected_group_pruning(model, part, ratios)
         with Pruner(model, part).pruned(ratios):

@@ -32,7 +32,10 @@ def register(subparsers) -> None:
         "(default 0.3); groups not named stay dense",
     )
     parser.add_argument(
-        "--criterion", default="magnitude", help="magnitude (default), magnitude-tensor or random"
+        "--criterion",
+        default="auto",
+        help="auto (default: magnitude-tensor for a transformer paper partition, else magnitude), "
+        "magnitude, magnitude-tensor or random",
     )
     parser.add_argument(
         "--include",
@@ -65,9 +68,9 @@ def _run(args: argparse.Namespace) -> int:
     # Everything checkable without the model is checked before loading it.
     if args.partition not in GRANULARITIES:
         raise UsageError(f"unknown partition {args.partition!r}; valid: {', '.join(GRANULARITIES)}")
-    if args.criterion not in CRITERION_NAMES:
+    if args.criterion != "auto" and args.criterion not in CRITERION_NAMES:
         raise UsageError(
-            f"unknown criterion {args.criterion!r}; valid: {', '.join(CRITERION_NAMES)}"
+            f"unknown criterion {args.criterion!r}; valid: auto, {', '.join(CRITERION_NAMES)}"
         )
     if args.dtype not in DTYPES:
         raise UsageError(f"unknown dtype {args.dtype!r}; valid: {', '.join(DTYPES)}")
@@ -94,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
             "model": args.model,
             "model_class": type(model).__name__,
             "partition": partition.name,
-            "criterion": args.criterion,
+            "criterion": pruner.criterion.name,
             "ratios": ratios,
             "dtype": args.dtype,
             "model_params": total_params,
@@ -112,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
         f"model: {args.model} ({type(model).__name__}, {total_params:,} parameters, {args.dtype})"
     )
     print(
-        f"partition: {partition.name}  criterion: {args.criterion}  "
+        f"partition: {partition.name}  criterion: {pruner.criterion.name}  "
         f"selected: {selected:,} weights ({selected / total_params:.1%} of the model)"
     )
     print()

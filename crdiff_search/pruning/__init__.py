@@ -4,7 +4,12 @@ and sparsity tables.
 >>> from crdiff_search.pruning import Pruner, validate_ratios
 """
 
-from crdiff_search.pruning.criteria import CRITERION_NAMES, Criterion, create_criterion
+from crdiff_search.pruning.criteria import (
+    CRITERION_NAMES,
+    Criterion,
+    create_criterion,
+    resolve_criterion,
+)
 from crdiff_search.pruning.engine import CACHE_MODES, Pruner
 from crdiff_search.pruning.ratios import expand_ratios, parse_ratios, validate_ratios
 from crdiff_search.pruning.report import format_table, group_table
@@ -19,5 +24,6 @@ __all__ = [
     "format_table",
     "group_table",
     "parse_ratios",
+    "resolve_criterion",
     "validate_ratios",
 ]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from crdiff_search.errors import UsageError
-from crdiff_search.pruning.criteria import Criterion, create_criterion
+from crdiff_search.pruning.criteria import Criterion, create_criterion, resolve_criterion
 from crdiff_search.pruning.ratios import validate_ratios
 
 CACHE_MODES = ("sorted", "none")
@@ -70,14 +70,13 @@ class Pruner:
         model,
         partition,
         *,
-        criterion: str | Criterion = "magnitude",
+        criterion: str | Criterion = "auto",
         cache: str = "sorted",
         seed: int = 0,
         swap: bool = True,
     ) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"unknown cache mode {cache!r}; valid: {', '.join(CACHE_MODES)}")
-        self.criterion = create_criterion(criterion, seed=seed)
         self.cache = cache
         self.swap = bool(swap)
         if not isinstance(model, nn.Module):
@@ -88,6 +87,11 @@ class Pruner:
             from crdiff_search.search_spaces import build_partition
 
             partition = build_partition(model, partition)
+        if isinstance(criterion, str):
+            criterion = resolve_criterion(
+                criterion, partition.granularity, partition.model_class or type(model).__name__
+            )
+        self.criterion = create_criterion(criterion, seed=seed)
         self.model = model
         self.partition = partition
         params = dict(model.named_parameters())
