@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import inspect
 
+from crdiff_search.names import AUTO_CRITERION
 from crdiff_search.pruning.criteria.base import Criterion
 from crdiff_search.pruning.criteria.magnitude import Magnitude
 from crdiff_search.pruning.criteria.magnitude_tensor import MagnitudeTensor
 from crdiff_search.pruning.criteria.random_subset import RandomCriterion
-from crdiff_search.names import AUTO_CRITERION
 from crdiff_search.registries import CRITERIA
 
 CRITERION_NAMES = CRITERIA  # a live, sorted sequence of the registered names
