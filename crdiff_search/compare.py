@@ -327,6 +327,7 @@ def run_comparison(
 
         from crdiff_search.runner import run_study
         from crdiff_search.runner.session import start_ray
+        from crdiff_search.runner.study import study_complete
 
         # One Ray session for every study: run_study reuses it instead of starting its own.
         started_ray = start_ray(address)
@@ -360,7 +361,7 @@ def run_comparison(
             if not result.states.get("COMPLETE"):
                 failed[study.name] = f"no trial completed: {_first_error(result.table_path)}"
                 log(f"  {study.name}: {failed[study.name]}")
-            elif not result.complete:
+            elif not study_complete(result.table_path.parent, study.config):
                 # Tune swallows Ctrl-C and returns early: stop here instead of starting the
                 # next study; running the command again resumes this one.
                 failed[study.name] = "stopped before its budget; run again to resume"

@@ -4,10 +4,12 @@
 >>> build_partition(tiny_unet(), "paper").group_names
 ('down', 'mid', 'up')
 
-Granularities: ``paper`` (UNet: down / mid / up; transformers: early / middle / late thirds of
-``transformer_blocks``), ``block`` (one group per UNet block; transformers: ``n_groups`` runs of
-consecutive blocks) and ``kind`` (``block`` split by weight kind). ``include`` widens or narrows
-the weights considered (kinds among :data:`KINDS`); ``None`` is the paper's selection rule.
+Granularities: ``paper`` (UNet: down / mid / up; transformers: one ``shared`` group, the
+reference's transformer path), ``thirds`` (transformers: early / middle / late thirds of the
+blocks), ``block`` (one group per UNet block; transformers: ``n_groups`` runs of consecutive
+blocks) and ``kind`` (``block`` split by weight kind). ``include`` widens or narrows the weights
+considered (kinds among :data:`KINDS`); ``None`` is the reference's selection rule (the UNet
+one, or the transformer one).
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def build_partition(
     """Discover a partition from ``model``'s module tree (works on the ``meta`` device too).
 
     ``model`` is a denoiser (``UNet2DConditionModel``, ``DiTTransformer2DModel``,
-    ``PixArtTransformer2DModel``) or a pipeline holding one. ``n_groups`` only applies to the
+    ``PixArtTransformer2DModel``, ``SD3Transformer2DModel``, ``FluxTransformer2DModel``) or a
+    pipeline holding one. ``n_groups`` only applies to the
     ``block``/``kind`` granularities of transformers. Raises :class:`UsageError` for an unknown
     granularity or kind, an unsupported class, or a group that would select no weights.
     """
