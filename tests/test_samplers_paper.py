@@ -262,3 +262,17 @@ def test_paper_preset_constants():
     second = study.ask(space)
     diff = [abs(second.params[g] - 0.3) for g in NAMES]
     assert sum(d > 0 for d in diff) == 1 and max(diff) <= 0.1
+
+
+def test_the_dense_trial_stays_out_of_the_chain_when_the_range_includes_zero():
+    from optuna.distributions import FloatDistribution
+
+    space = {g: FloatDistribution(0.0, 0.95) for g in NAMES}
+    sampler = paper_sampler(seed=0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.enqueue_trial(dict.fromkeys(NAMES, 0.0))
+    study.tell(study.ask(space), 0.9)
+    state = sampler.chain(study)
+    assert state.best is None and state.iterations == 0
+    start = study.ask(space)
+    assert start.params == dict.fromkeys(NAMES, 0.3)

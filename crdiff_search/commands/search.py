@@ -106,9 +106,17 @@ def _search(args: argparse.Namespace) -> int:
         file=sys.stdout,
     )
     if result.sampler_stopped and result.finished < result.budget:
+        from crdiff_search.study_folder import StudyFolder, read_json
+
+        stop = read_json(StudyFolder(config.output_dir).stop_file, "sampler stop record")
+        chain = (
+            f" after {stop['iterations']} iterations, {stop['restarts']} restarts"
+            if isinstance(stop, dict) and "iterations" in stop
+            else ""
+        )
         print(
-            f"the {config.search.sampler} sampler ended the search after {result.finished} "
-            f"of at most {result.budget} trials (its stop rule; the dense trial 0 included)"
+            f"the {config.search.sampler} sampler's chain stopped{chain}: the search ended at "
+            f"{result.finished} of at most {result.budget} trials (the dense trial 0 included)"
         )
     if not result.complete:
         why = "interrupted" if result.interrupted else "stopped"

@@ -173,6 +173,8 @@ class SimulatedAnnealingSampler(BaseSampler):
         repeats: ``"redraw"`` or ``"cache"`` (see above).
         count_start: whether evaluating a start or restart point is an iteration.
         max_iterations: None, or the iterations after which the chain stops.
+        skip_dense: leave the dense trial (every parameter 0) out of the chain even when the
+            range includes 0 (the reference never evaluates the dense model).
         random_source: ``(trial_number, purpose) -> numpy.random.Generator``; replaces the
             seeded default (for tests that control the randomness).
     """
@@ -194,6 +196,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         repeats: str = "redraw",
         count_start: bool = True,
         max_iterations: int | None = None,
+        skip_dense: bool = False,
         random_source: Callable[[int, str], np.random.Generator] | None = None,
     ) -> None:
         if not (isinstance(initial_temperature, int | float) and initial_temperature > 0):
@@ -250,6 +253,9 @@ class SimulatedAnnealingSampler(BaseSampler):
         self._repeats = repeats
         self._count_start = count_start
         self._max_iterations = max_iterations
+        if not isinstance(skip_dense, bool):
+            raise UsageError(f"skip_dense must be true or false, got {skip_dense!r}")
+        self._skip_dense = skip_dense
         self._source = random_source if random_source is not None else SeededSource(seed)
         # Memo of the acceptance draw per trial number: a pure function of (source, number),
         # cached only because building a generator costs more than the rest of a replay step.
@@ -275,7 +281,7 @@ class SimulatedAnnealingSampler(BaseSampler):
         if not search_space:
             return {}
         space = CoordinateSpace.from_mapping(search_space)
-        members = [t for t in study.get_trials(deepcopy=False) if space.contains(t.params)]
+        members = self._members(study.get_trials(deepcopy=False), space)
         chain, cache = self._replay(study, space, members)
         others = [t for t in members if t.number != trial.number]
         pending = [t.params for t in others if t.state == TrialState.RUNNING]
@@ -314,8 +320,18 @@ class SimulatedAnnealingSampler(BaseSampler):
         """The chain rebuilt from the study's finished trials (for reports and stop rules)."""
         trials = study.get_trials(deepcopy=False)
         space = CoordinateSpace.from_mapping(_chain_space(trials, None))
-        c, _ = self._replay(study, space, [t for t in trials if space.contains(t.params)])
+        c, _ = self._replay(study, space, self._members(trials, space))
         return self._snapshot(space, c)
+
+    def _members(self, trials: Sequence[FrozenTrial], space: CoordinateSpace) -> list:
+        """The trials of the chain: those covering its space (the dense point, every ratio 0,
+        left out with ``skip_dense``)."""
+        return [
+            t
+            for t in trials
+            if space.contains(t.params)
+            and not (self._skip_dense and t.params and all(v == 0 for v in t.params.values()))
+        ]
 
     def finished(self, study: Study) -> bool:
         """Whether the chain has stopped (its stall rule said stop, or ``max_iterations``

@@ -91,6 +91,8 @@ PAPER_OPTIONS: dict[str, Any] = {
     "repeats": "cache",
     "count_start": False,
     "max_iterations": PAPER_BUDGET,
+    # The runner's dense trial 0 is no evaluation of the reference's chain, whatever the range.
+    "skip_dense": True,
 }
 
 
