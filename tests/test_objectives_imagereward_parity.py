@@ -195,6 +195,17 @@ def _images() -> list[Image.Image]:
     return [noise, gradient, small, rgba]
 
 
+def _ours(folder: Path, vocab: Path, **options) -> ImageRewardObjective:
+    return ImageRewardObjective(
+        checkpoint=folder / "ImageReward.pt",
+        med_config=folder / "med_config.json",
+        vocab=vocab,
+        device="cpu",
+        vision_heads=VISION["num_heads"],
+        **options,
+    )
+
+
 def test_bert_vocab_is_complete(bert_vocab):
     lines = bert_vocab.read_text(encoding="utf-8").splitlines()
     assert len(lines) == BERT_VOCAB_SIZE == 30522
@@ -208,15 +219,7 @@ def test_scores_match_the_package_model(tiny_checkpoint, bert_vocab):
         expected = np.array(
             [package_model.score(p, im) for p, im in zip(PROMPTS, images, strict=True)]
         )
-    ours = ImageRewardObjective(
-        checkpoint=folder / "ImageReward.pt",
-        med_config=folder / "med_config.json",
-        vocab=bert_vocab,
-        device="cpu",
-        vision_heads=VISION["num_heads"],
-        batch_size=3,
-        resize="crop",
-    )
+    ours = _ours(folder, bert_vocab, batch_size=3, resize="crop")
     got = ours.score(images, PROMPTS)
     assert len(ours.tokenizer) == BERT_VOCAB_SIZE + 2
     assert np.std(expected) > 1e-2, "degenerate reference scores make the comparison vacuous"
@@ -262,17 +265,10 @@ def test_reference_protocol_is_the_package_on_the_squashed_png(tiny_checkpoint, 
         expected = np.array(
             [package_model.score(p, squashed(im)) for p, im in zip(prompts, images, strict=True)]
         )
-    kwargs = dict(
-        checkpoint=folder / "ImageReward.pt",
-        med_config=folder / "med_config.json",
-        vocab=bert_vocab,
-        device="cpu",
-        vision_heads=VISION["num_heads"],
-    )
-    ours = ImageRewardObjective(**kwargs)
+    ours = _ours(folder, bert_vocab)
     assert ours.resize == "reference" and ours.dtype == torch.float32
     np.testing.assert_allclose(ours.score(images, prompts), expected, atol=1e-4, rtol=1e-5)
-    crop = ImageRewardObjective(**kwargs, resize="crop")
+    crop = _ours(folder, bert_vocab, resize="crop")
     assert not torch.equal(ours.preprocess(portrait), crop.preprocess(portrait))
     # The crop keeps about the middle 400 of the portrait's 560 rows: the rows it cuts change
     # nothing for it, and change the reference protocol's input.
