@@ -488,3 +488,23 @@ def test_paper_studies_run_the_reference_procedure(monkeypatch):
         assert check_model(cfg) is not None and study_criterion(cfg) == "magnitude"
     grid = load_grid(folder / "grid.toml")
     assert sorted(Path(s.experiment).name for s in grid.studies) == [p.name for p in studies]
+
+
+@pytest.mark.parametrize(
+    "objective, message",
+    [
+        ({"name": "scene", "failed_image_score": "low"}, "failed_image_score must be a number"),
+        ({"name": "scene", "failed_image_score": float("nan")}, "must be a finite number"),
+        ({"name": "fid", "failed_image_score": -2.0}, "'fid' is a set metric"),
+    ],
+)
+def test_failed_image_score_is_checked(objective, message):
+    with pytest.raises(UsageError, match=message):
+        ExperimentConfig.from_dict({"objective": objective})
+
+
+def test_failed_image_score_round_trips_and_criterion_defaults_to_auto():
+    cfg = ExperimentConfig.from_dict({"objective": {"name": "scene", "failed_image_score": -2}})
+    assert cfg.objective.failed_image_score == -2.0 and cfg.partition.criterion == "auto"
+    assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+    assert "failed_image_score" not in ExperimentConfig.from_dict({}).to_dict()["objective"]
