@@ -184,7 +184,13 @@ def main(argv=None) -> int:
     parser.add_argument("--samplers", nargs="+", default=list(SAMPLER_NAMES))
     parser.add_argument("--dims", nargs="+", type=int, default=list(DIMS))
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="number of seeds (>= 10)")
+    parser.add_argument(
+        "--seed-offset", type=int, default=0, help="first seed (tune on others than the reported)"
+    )
     parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGETS))
+    parser.add_argument(
+        "--concurrency", nargs="+", type=int, default=list(CONCURRENCY), help="trials in flight"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="worker processes")
     parser.add_argument("--by-dim", action="store_true", help="also print a table per dimension")
     args = parser.parse_args(argv)
@@ -197,7 +203,12 @@ def main(argv=None) -> int:
     if any(b < 1 for b in args.budgets):
         parser.error("--budgets must be positive")
     runs = run_all(
-        args.samplers, args.dims, range(args.seeds), budget=max(args.budgets), jobs=args.jobs
+        args.samplers,
+        args.dims,
+        range(args.seed_offset, args.seed_offset + args.seeds),
+        concurrency=tuple(args.concurrency),
+        budget=max(args.budgets),
+        jobs=args.jobs,
     )
     df, table = summarise(runs, budgets=args.budgets)
     if args.json:

@@ -31,7 +31,7 @@ from crdiff_search.study_folder import StudyFolder
 
 STUDIES_DIR = "studies"
 MANIFEST_VERSION = 1
-DEFAULT_SAMPLERS = ("anneal", "anneal-paper", "tpe", "random", "uniform")
+DEFAULT_SAMPLERS = ("anneal", "anneal-paper", "tpe", "gp", "random", "uniform")
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ RERANK_CSV = "rerank.csv"
 RERANK_FILE = "rerank.json"  # winner, verdict, held-out set
 RERANK_GRID = "rerank_compare.png"  # dense | pruned | POA for the winner
 RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
+OPTUNA_DB = "optuna.db"  # the finished trials as an Optuna study, for Optuna's tools
 STOP_FILE = "sampler_stopped.json"  # written when the sampler ended the search (its stop rule)
 
 
@@ -53,6 +54,10 @@ class StudyFolder:
     def results(self, study: str) -> Path:
         """Ray Tune's experiment folder of the study named ``study``."""
         return self.path / RESULTS_FOLDER / study
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.path / OPTUNA_DB
 
     @property
     def stop_file(self) -> Path:

@@ -68,7 +68,9 @@ def name(request):
 
 
 def test_names_and_types():
-    assert set(SAMPLER_NAMES) == {"anneal", "anneal-paper", "tpe", "random", "cmaes", "uniform"}
+    assert set(SAMPLER_NAMES) == {
+        "anneal", "anneal-paper", "tpe", "random", "cmaes", "gp", "qmc", "uniform",
+    }  # fmt: skip
     for n in SAMPLER_NAMES:
         assert isinstance(create_sampler(n, seed=0), optuna.samplers.BaseSampler)
     assert isinstance(create_sampler("anneal"), SimulatedAnnealingSampler)

@@ -1,9 +1,10 @@
 """Optuna's own sampler contract suites, run against every sampler of our name table.
 
 Which suites apply follows what each sampler is: all take the basic suite; those that sample
-relatively (anneal, anneal-paper, tpe past its start-up trials, cmaes) take the relative suite;
-the multi-objective suite goes to the samplers that support several objectives (tpe, random,
-uniform) and the single-only suite to those that refuse them (anneal, anneal-paper, cmaes).
+relatively (anneal, anneal-paper, tpe past its start-up trials, cmaes, gp) take the relative
+suite; the multi-objective suite goes to the samplers that support several objectives (tpe,
+gp, random, uniform) and the single-only suite to those that refuse them (anneal,
+anneal-paper, cmaes). QMC takes the basic suite.
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ class TestCmaesContract(BasicSamplerTestCase, RelativeSamplerTestCase, SingleOnl
     @pytest.fixture
     def sampler(self):
         return _factory("cmaes")
+
+
+class TestGpContract(BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjectiveSamplerTestCase):
+    # Start-up trials set to zero so that the relative suite reaches the Gaussian process.
+    @pytest.fixture
+    def sampler(self):
+        return lambda: create_sampler("gp", seed=0, n_startup_trials=0)
+
+
+class TestQmcContract(BasicSamplerTestCase):
+    @pytest.fixture
+    def sampler(self):
+        return _factory("qmc")
 
 
 class TestTpeContract(BasicSamplerTestCase, MultiObjectiveSamplerTestCase):

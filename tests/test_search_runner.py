@@ -154,6 +154,29 @@ def test_table_rows_and_columns(concurrent_study):
     assert result.best_ratios == {g: pytest.approx(best[f"ratio.{g}"]) for g in groups}
 
 
+def test_optuna_db_holds_every_finished_trial(concurrent_study):
+    """DIR/optuna.db: the study for optuna.load_study and its tools, one trial per finished
+    row of trials.parquet, with the same scores and states."""
+    import optuna
+
+    config, result, table, _ = concurrent_study
+    study = optuna.load_study(
+        study_name=config.study, storage=f"sqlite:///{result.table_path.parent / 'optuna.db'}"
+    )
+    trials = {t.user_attrs["trial_index"]: t for t in study.get_trials()}
+    finished = table[table["state"].isin(["COMPLETE", "FAILED", "PRUNED"])]
+    assert len(trials) == len(finished) == len(table)
+    states = {"COMPLETE": "COMPLETE", "PRUNED": "PRUNED", "FAILED": "FAIL"}
+    for row in finished.to_dict("records"):
+        trial = trials[row["trial_index"]]
+        assert trial.state.name == states[row["state"]]
+        if row["state"] == "COMPLETE":
+            assert trial.value == pytest.approx(row["score"])
+        assert trial.params == {g: pytest.approx(row[f"ratio.{g}"]) for g in trial.params}
+    assert trials[0].params == {g: 0.0 for g in trials[0].params}  # the dense trial fits
+    assert {"PRUNED", "COMPLETE"} <= {t.state.name for t in trials.values()}
+
+
 def test_trial_zero_is_dense(concurrent_study):
     _, result, table, _ = concurrent_study
     dense = table[table["trial_index"] == 0].iloc[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-DEFAULT_SAMPLERS = "anneal,anneal-paper,tpe,random,uniform"
+DEFAULT_SAMPLERS = "anneal,anneal-paper,tpe,gp,random,uniform"
 
 
 def register(subparsers) -> None:

@@ -259,6 +259,18 @@ def _search_alg(config: ExperimentConfig, groups, out: Path):
     )
 
 
+def _optuna_mirror(out: Path, config: ExperimentConfig, groups):
+    from crdiff_search.runner.optuna_mirror import OptunaMirror
+
+    return OptunaMirror(
+        StudyFolder(out).optuna_db,
+        config.study,
+        groups=groups,
+        bounds={g: config.ratios.bounds(g) for g in groups},
+        mode=config.objective.mode,
+    )
+
+
 def _counts_iterations(config: ExperimentConfig) -> bool:
     """Whether the study's sampler reads ``search.trials`` as its iteration budget (the
     reference annealing: ``anneal-paper``)."""
@@ -467,6 +479,7 @@ def run_study(
                 mode=config.objective.mode,
                 progress=progress,
                 tracking=tracking,
+                mirror=_optuna_mirror(out, config, groups),
             )
             tuner = tune.Tuner(
                 trainable,
@@ -500,6 +513,12 @@ def run_study(
     finally:
         if started_ray:
             ray.shutdown()
+        if table_path.is_file():  # trials the live mirror missed (a killed driver, a resume)
+            try:
+                rows = StudyFolder(out).read_table().to_dict("records")
+            except UsageError:
+                rows = []
+            _optuna_mirror(out, config, groups).record(rows)
         result = summarize(table_path, out, config, groups, tracking)
         result = dataclasses.replace(result, interrupted=interrupted)
         if status == "FINISHED" and not result.complete:

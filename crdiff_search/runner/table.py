@@ -64,6 +64,7 @@ class TrialTable(tune.Callback):
         mode: str = "max",
         progress: bool = True,
         tracking: TrackingTarget | None = None,
+        mirror=None,
     ):
         self.path = Path(path)
         self.groups = list(groups)
@@ -74,6 +75,7 @@ class TrialTable(tune.Callback):
         self.mode = mode
         self.progress = progress
         self.tracking = tracking
+        self.mirror = mirror  # an OptunaMirror: finished trials for Optuna's tools
         self.rows: dict[str, dict[str, Any]] = {}
         self._finished: dict[str, dict[str, Any]] = {}  # replayed trials' recorded rows
         self._tracking_warned = False
@@ -177,6 +179,7 @@ class TrialTable(tune.Callback):
         row["state"] = "COMPLETE" if result.get("chunk") == self.n_chunks else "PRUNED"
         row["error"] = ""
         self.write()
+        self._mirror(row)
         self._report(row)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
@@ -187,8 +190,13 @@ class TrialTable(tune.Callback):
         if row.get("finished_at") is None or pd.isna(row.get("finished_at")):
             row["finished_at"] = pd.Timestamp(time.time(), unit="s", tz="UTC")
         self.write()
+        self._mirror(row)
         self._track_failure(trial, row)
         self._report(row)
+
+    def _mirror(self, row: Mapping[str, Any]) -> None:
+        if self.mirror is not None:
+            self.mirror.record([row])
 
     # ---- summaries
     def best(self) -> dict[str, Any] | None:

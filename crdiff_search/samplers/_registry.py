@@ -8,7 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 from optuna.exceptions import ExperimentalWarning
-from optuna.samplers import BaseSampler, CmaEsSampler, RandomSampler, TPESampler
+from optuna.samplers import (
+    BaseSampler,
+    CmaEsSampler,
+    GPSampler,
+    QMCSampler,
+    RandomSampler,
+    TPESampler,
+)
 
 from crdiff_search.errors import UsageError
 from crdiff_search.plugins import PluginRegistry
@@ -55,6 +62,30 @@ def _cmaes(*, seed=None, **options) -> BaseSampler:
         return CmaEsSampler(seed=seed, **options)
 
 
+def _gp(*, seed=None, **options) -> BaseSampler:
+    # Optuna's Gaussian-process sampler (log-EI; trials still running are handled by the
+    # sampler itself, so 4 pending asks give 4 distinct points). Its independent sampler
+    # (start-up trials) is seeded too, so a study repeats.
+    options = {"warn_independent_sampling": False, **options}
+    options.setdefault("independent_sampler", RandomSampler(seed=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return GPSampler(seed=seed, **options)
+
+
+def _qmc(*, seed=None, **options) -> BaseSampler:
+    # A scrambled Sobol sequence: space-filling, no model (a reference for the others).
+    options = {
+        "scramble": True,  # seeds then differ (unscrambled Sobol ignores the seed)
+        "warn_independent_sampling": False,
+        "warn_asynchronous_seeding": False,
+        **options,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return QMCSampler(seed=seed, **options)
+
+
 def _uniform(*, seed=None, **options) -> BaseSampler:
     return UniformRatioSampler(seed=seed, **options)
 
@@ -68,6 +99,8 @@ for _name, _factory, _options_of in (
     ("tpe", _tpe, TPESampler),
     ("random", _random, RandomSampler),
     ("cmaes", _cmaes, CmaEsSampler),
+    ("gp", _gp, GPSampler),
+    ("qmc", _qmc, QMCSampler),
     ("uniform", _uniform, UniformRatioSampler),
 ):
     SAMPLERS.register(_name, _factory, origin="builtin", options_of=_options_of)
