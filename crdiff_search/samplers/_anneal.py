@@ -47,6 +47,11 @@ DEFAULT_START = StartAtCenter()
 DEFAULT_PATIENCE = 12
 DEFAULT_ON_STALL = ReheatOrRestart(reheat_above=None, max_restarts=None)
 DEFAULT_RESTART_NEIGHBOR = AllCoordinates()
+# Neighbours drawn per proposal, ranked by a local model of the history (benchmarks/samplers.py,
+# tuned on seeds 100-109: 32 lowered the median regret at 4 in flight from 0.038/0.029/0.022 to
+# 0.031/0.019/0.014 at 30/60/120 trials, and at 1 in flight to 0.022/0.013/0.011).
+DEFAULT_CANDIDATES = 32
+DEFAULT_BANDWIDTH = 0.3  # of each range: how far from the current point the model looks
 
 # How many times a proposal is redrawn when it collides with the current point or a trial that
 # already ran or is running.
@@ -175,6 +180,9 @@ class SimulatedAnnealingSampler(BaseSampler):
         max_iterations: None, or the iterations after which the chain stops.
         skip_dense: leave the dense trial (every parameter 0) out of the chain even when the
             range includes 0 (the reference never evaluates the dense model).
+        candidates: neighbours drawn per proposal; with more than 1, a local model of the
+            history picks one (see :meth:`_model_neighbor`); 1 is the plain chain.
+        bandwidth: the model's reach around the current point, as a fraction of each range.
         random_source: ``(trial_number, purpose) -> numpy.random.Generator``; replaces the
             seeded default (for tests that control the randomness).
     """
@@ -197,6 +205,8 @@ class SimulatedAnnealingSampler(BaseSampler):
         count_start: bool = True,
         max_iterations: int | None = None,
         skip_dense: bool = False,
+        candidates: int = DEFAULT_CANDIDATES,
+        bandwidth: float = DEFAULT_BANDWIDTH,
         random_source: Callable[[int, str], np.random.Generator] | None = None,
     ) -> None:
         if not (isinstance(initial_temperature, int | float) and initial_temperature > 0):
@@ -256,6 +266,13 @@ class SimulatedAnnealingSampler(BaseSampler):
         if not isinstance(skip_dense, bool):
             raise UsageError(f"skip_dense must be true or false, got {skip_dense!r}")
         self._skip_dense = skip_dense
+        if isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 1:
+            raise UsageError(f"candidates must be an integer >= 1, got {candidates!r}")
+        if not (isinstance(bandwidth, int | float) and bandwidth > 0):
+            raise UsageError(f"bandwidth must be > 0, got {bandwidth!r}")
+        self._candidates = candidates
+        self._bandwidth = float(bandwidth)
+        self._min_history = 2
         self._source = random_source if random_source is not None else SeededSource(seed)
         # Memo of the acceptance draw per trial number: a pure function of (source, number),
         # cached only because building a generator costs more than the rest of a replay step.
@@ -296,6 +313,8 @@ class SimulatedAnnealingSampler(BaseSampler):
         taken = [t.params for t in others if t.state != TrialState.WAITING]
         if chain.needs_evaluation and not any(space.same_point(p, current) for p in taken):
             return current
+        if self._candidates > 1:
+            return self._model_neighbor(study, space, chain, trial.number, members, pending, taken)
         return self._neighbor_of(space, chain, trial.number, [current, *taken])
 
     def sample_independent(
@@ -527,6 +546,61 @@ class SimulatedAnnealingSampler(BaseSampler):
 
     def _half_widths(self, space: CoordinateSpace, ratio: float) -> np.ndarray:
         return np.array([self._step(ratio, space.width(k)) for k in range(space.dim)])
+
+    def _model_neighbor(self, study, space, chain, number, members, pending, taken):
+        """``candidates`` neighbours of the current point, each drawn as usual; the one a local
+        model of the history ranks best is proposed (a diagonal quadratic fitted by weighted
+        ridge regression to the finished trials, weighted by their distance to the current
+        point), less a penalty for lying close to a trial in flight, so that the neighbours
+        proposed at once spread out. Until the history can carry the model, the first draw."""
+        sign = -1.0 if study.direction == StudyDirection.MINIMIZE else 1.0
+        current = space.to_params(chain.current)
+        avoid = [current, *taken]
+        half = self._half_widths(space, chain.temperature / self._t0)
+        rng = self._source(number, "move")
+        draws = []
+        for _ in range(self._candidates):
+            for _ in range(MAX_REDRAWS):
+                params = space.to_params(self._neighbor(chain.current, space, half, rng))
+                if not any(space.same_point(params, a) for a in avoid):
+                    break
+            draws.append(params)
+        done = [
+            t
+            for t in members
+            if t.state == TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
+        ]
+        if len(done) < self._min_history * space.dim + 2:
+            return draws[0]
+        lo = np.array([space.bounds(k)[0] for k in range(space.dim)])
+        width = np.array([max(space.width(k), 1e-12) for k in range(space.dim)])
+
+        def unit(params):
+            return (space.to_coords(params) - lo) / width
+
+        centre = (chain.current - lo) / width
+        x = np.array([unit(t.params) for t in done]) - centre
+        y = sign * np.array([float(t.value) for t in done])
+        w = np.exp(-0.5 * (x**2).sum(axis=1) / self._bandwidth**2)
+        features = np.hstack([np.ones((len(x), 1)), x, x**2])
+        sw = np.sqrt(w)[:, None]
+        gram = (features * sw).T @ (features * sw)
+        # Ridge relative to each feature's own scale: shrinks every coefficient alike, by 0.1 %.
+        ridge = 1e-3 * np.diag(np.diag(gram) + 1e-12)
+        ridge[0, 0] = 0.0
+        try:
+            coef = np.linalg.solve(gram + ridge, (features * sw).T @ (y * sw[:, 0]))
+        except np.linalg.LinAlgError:
+            return draws[0]
+        cand = np.array([unit(p) for p in draws]) - centre
+        predicted = np.hstack([np.ones((len(cand), 1)), cand, cand**2]) @ coef
+        if pending:
+            spread = max(float(np.mean(half / width)), 1e-6)
+            near = np.array([unit(p) for p in pending]) - centre
+            d2 = ((cand[:, None, :] - near[None, :, :]) ** 2).sum(axis=2)
+            scale = max(float(np.std(y)), 1e-12)
+            predicted = predicted - scale * np.exp(-0.5 * d2 / spread**2).max(axis=1)
+        return draws[int(np.argmax(predicted))]
 
     def _neighbor_of(
         self, space: CoordinateSpace, chain: _Chain, number: int, avoid: list[dict[str, Any]]

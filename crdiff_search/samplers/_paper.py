@@ -93,6 +93,8 @@ PAPER_OPTIONS: dict[str, Any] = {
     "max_iterations": PAPER_BUDGET,
     # The runner's dense trial 0 is no evaluation of the reference's chain, whatever the range.
     "skip_dense": True,
+    # One neighbour per iteration, as drawn (no model picks among several).
+    "candidates": 1,
 }
 
 
