@@ -24,7 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crdiff_search.analysis.compare import DEFAULT_SHARE, MANIFEST, TABLE, build_report
+from crdiff_search.analysis.compare import (
+    DEFAULT_SHARE,
+    MANIFEST,
+    PICKS_TABLE,
+    TABLE,
+    build_report,
+)
 from crdiff_search.analysis.table import method_label
 from crdiff_search.errors import UsageError
 from crdiff_search.study_folder import StudyFolder
@@ -221,6 +227,73 @@ def plan_comparison(
     )
 
 
+PICK_FILE = "heldout_pick.json"  # in a study folder: its pick scored on held-out prompts
+
+
+def _score_pick(study: PlannedStudy, n: int, address: str | None, log) -> None:
+    """The study's pick and the dense model on ``n`` held-out prompts, once (``PICK_FILE``)."""
+    from crdiff_search.rerank import rerank
+    from crdiff_search.runner.study import study_complete
+
+    folder = study.config.output_dir
+    target = Path(folder) / PICK_FILE
+    if target.is_file() or not study_complete(folder, study.config):
+        return
+    try:
+        result = rerank(
+            folder,
+            top_k=1,
+            weights=[1.0],
+            n_prompts=n,
+            address=address,
+            log_mlflow=False,
+            progress=False,
+        )
+    except UsageError as exc:  # e.g. no completed pruned trial: nothing to score
+        log(f"  {study.name}: held-out pick not scored ({exc})")
+        return
+    w = result.winner
+    record = {
+        "study": study.name,
+        "sampler": study.sampler,
+        "seed": study.seed,
+        "early_stopping": study.early_stopping,
+        "pick_trial": w["trial_id"],
+        "search_score": w["search_score"],
+        "heldout_prompts": n,
+        "heldout_score": w["pruned_score"],
+        "heldout_dense": result.dense_score,
+        "heldout_delta": w["pruned_score"] - result.dense_score,
+        "delta_low": w.get("delta_low"),
+        "delta_high": w.get("delta_high"),
+        **{f"ratio.{g}": r for g, r in w["ratios"].items()},
+    }
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    tmp.replace(target)
+    log(
+        f"  {study.name}: pick {w['trial_id']} held out {record['heldout_delta']:+.4f} vs dense "
+        f"on {n} prompts"
+    )
+
+
+def pick_table(studies: Sequence[PlannedStudy]):
+    """One row per study whose pick was scored held out (None when none was)."""
+    import pandas as pd
+
+    rows = []
+    for study in studies:
+        path = Path(study.config.output_dir) / PICK_FILE
+        if path.is_file():
+            rows.append(json.loads(path.read_text(encoding="utf-8")))
+    return pd.DataFrame(rows) if rows else None
+
+
+def _save_picks(out: Path, picks) -> None:
+    (out / PICKS_TABLE).parent.mkdir(parents=True, exist_ok=True)
+    picks.to_csv(out / PICKS_TABLE, index=False)
+
+
 def study_status(study: PlannedStudy) -> str:
     """``complete``, ``resume`` (an interrupted study), or ``new``; a folder holding a study
     with other settings is a UsageError (a new ``--out`` is needed)."""
@@ -293,12 +366,16 @@ def run_comparison(
     progress: bool = False,
     share: float = DEFAULT_SHARE,
     run: bool = True,
+    heldout: int = 0,
     log: Callable[[str], None] = _log,
 ) -> CompareResult:
     """Run the planned studies not yet complete (one at a time, sharing one Ray session), add
     the collected study tables, and write ``comparison.parquet`` and the report.
 
-    ``run=False`` runs nothing and reports only the planned studies already complete."""
+    ``run=False`` runs nothing and reports only the planned studies already complete.
+    ``heldout=N`` also scores each complete study's pick (its best search trial, the one a user
+    would take) and the dense model on N held-out prompts (``crdiff rerank`` with one
+    candidate and no POA), once per study, into ``tables/picks.csv`` and the report."""
     from crdiff_search.analysis.table import combine_studies, find_study_tables, save_table
 
     out = Path(out_dir)
@@ -322,7 +399,9 @@ def run_comparison(
     todo = [s for s in studies if statuses[s.name] != "complete"] if run else []
     skipped = [s.name for s in studies if statuses[s.name] == "complete"]
     started_ray = False
-    if todo:
+    if heldout < 0:
+        raise UsageError(f"--heldout must be >= 0 prompts, got {heldout}")
+    if todo or (heldout and run):
         import ray
 
         from crdiff_search.runner import run_study
@@ -367,6 +446,10 @@ def run_comparison(
                 failed[study.name] = "stopped before its budget; run again to resume"
                 log(f"  {study.name}: {failed[study.name]}")
                 break
+        if heldout and run:
+            for study in studies:
+                if study.name not in failed:
+                    _score_pick(study, heldout, address, log)
     finally:
         if started_ray:
             import ray
@@ -398,5 +481,8 @@ def run_comparison(
     if not (table["state"] == "COMPLETE").any():
         raise RuntimeError(f"no study completed a trial; errors: {failed}")
     table_path = save_table(table, out / TABLE)
+    picks = pick_table(studies)
+    if picks is not None:
+        _save_picks(out, picks)
     report = build_report(out, share=share)
     return CompareResult(table_path, report, tuple(ran), tuple(skipped), failed, tuple(collected))

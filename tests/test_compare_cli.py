@@ -318,3 +318,59 @@ def test_an_interrupted_study_stops_the_comparison(experiment, tmp_path, monkeyp
     result = run_comparison(plan, tmp_path, log=lambda _: None)
     assert calls == ["tpe"]
     assert result.failed == {"tpe-s0": "stopped before its budget; run again to resume"}
+
+
+def test_heldout_scores_each_pick_once_into_the_report(experiment, tmp_path, monkeypatch):
+    """--heldout N: every complete study's pick (its best search trial) and the dense model
+    are scored on N held-out prompts through rerank (1 candidate, no POA), once per study;
+    tables/picks.csv and a report section hold them."""
+    import types
+
+    import ray
+
+    from crdiff_search import rerank as rerank_module
+    from crdiff_search import runner
+    from crdiff_search.runner.study import StudyResult
+
+    def complete_run_study(config, *, out_dir, resume, address, progress):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "experiment.toml").write_text(config.to_toml())
+        table = study_table([0.5, 0.6, 0.7], sampler=config.search.sampler, seed=0)
+        table.to_parquet(out_dir / "trials.parquet")
+        return StudyResult(
+            out_dir / "trials.parquet", out_dir, {}, 0.7, 0.5, "", None, 3, {"COMPLETE": 3}, 3
+        )
+
+    calls = []
+
+    def fake_rerank(folder, *, top_k, weights, n_prompts, address, log_mlflow, progress):
+        calls.append((str(folder), top_k, tuple(weights), n_prompts))
+        gain = 0.05 if "tpe" in str(folder) else -0.01
+        winner = {
+            "trial_id": "t2", "search_score": 0.7, "pruned_score": 0.4 + gain, "ratios": {"up": 0.3},
+            "delta_low": gain - 0.02, "delta_high": gain + 0.02,
+        }  # fmt: skip
+        return types.SimpleNamespace(winner=winner, dense_score=0.4)
+
+    monkeypatch.setattr(runner, "run_study", complete_run_study)
+    monkeypatch.setattr(rerank_module, "rerank", fake_rerank)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    plan = plan_comparison(
+        str(experiment), samplers=["tpe", "random"], seeds=[0, 1], trials=3, out_dir=tmp_path
+    )
+    result = run_comparison(plan, tmp_path, heldout=16, log=lambda _: None)
+    assert len(calls) == 4 and {c[1:] for c in calls} == {(1, (1.0,), 16)}
+    picks = pd.read_csv(tmp_path / "tables" / "picks.csv")
+    assert len(picks) == 4 and set(picks["sampler"]) == {"tpe", "random"}
+    assert picks.set_index("study").loc["tpe-s0", "heldout_delta"] == pytest.approx(0.05)
+    report = result.report_path.read_text()
+    assert "## The pick, held out" in report and "16 held-out prompts" in report
+    section = report.split("## The pick, held out")[1]
+    tpe_row = next(line for line in section.splitlines() if line.startswith("| tpe |"))
+    assert "+0.0500" in tpe_row and tpe_row.rstrip().endswith("| 2 |")
+    run_comparison(plan, tmp_path, heldout=16, log=lambda _: None)
+    assert len(calls) == 4  # scored once per study
+    with pytest.raises(UsageError, match="--heldout must be >= 0"):
+        run_comparison(plan, tmp_path, heldout=-1, log=lambda _: None)

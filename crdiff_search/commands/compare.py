@@ -93,6 +93,14 @@ def register(subparsers) -> None:
         help="any experiment override by dotted path, e.g. resources.cpu=2 "
         "(repeatable; VALUE read as TOML, else as a string)",
     )
+    parser.add_argument(
+        "--heldout",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score each study's pick and the dense model on N held-out prompts "
+        "(tables/picks.csv and the report; 0: off)",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -172,6 +180,7 @@ def _compare(args: argparse.Namespace) -> int:
             progress=args.progress,
             share=args.share,
             run=not args.complete_only,
+            heldout=args.heldout,
         )
     except RuntimeError as exc:  # nothing finished: no table, no report
         print(f"crdiff compare: {exc}", file=sys.stderr)
