@@ -354,3 +354,19 @@ def test_candidates_and_bandwidth_are_checked():
         SimulatedAnnealingSampler(candidates=0)
     with pytest.raises(UsageError, match="bandwidth"):
         SimulatedAnnealingSampler(bandwidth=-1)
+
+
+def test_gp_fits_with_gradients_turned_off_globally():
+    import torch
+
+    previous = torch.is_grad_enabled()
+    torch.set_grad_enabled(False)  # as a trial worker process does
+    try:
+        study = optuna.create_study(sampler=create_sampler("gp", seed=0, n_startup_trials=2))
+        space = {"x": FloatDistribution(0.0, 1.0), "y": FloatDistribution(0.0, 1.0)}
+        for _ in range(5):
+            trial = study.ask(space)
+            study.tell(trial, (trial.params["x"] - 0.3) ** 2 + trial.params["y"])
+        assert len(study.trials) == 5
+    finally:
+        torch.set_grad_enabled(previous)

@@ -94,25 +94,14 @@ def register(subparsers) -> None:
         "(repeatable; VALUE read as TOML, else as a string)",
     )
     parser.add_argument(
-        "--heldout",
-        type=int,
-        default=0,
-        metavar="N",
-        help="also score each study's pick and the dense model on N held-out prompts "
-        "(tables/picks.csv and the report; 0: off)",
-    )
+        "--heldout", type=int, default=0, metavar="N", help="score each study's pick and the "
+        "dense model on N held-out prompts (tables/picks.csv, the report; 0: off)"
+    )  # fmt: skip
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local)")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     parser.add_argument("--progress", action="store_true", help="print every trial")
     parser.set_defaults(func=_compare)
-
-
-def _positive(name: str, value: int | None) -> None:
-    from crdiff_search.errors import UsageError
-
-    if value is not None and value < 1:
-        raise UsageError(f"--{name} must be >= 1, got {value}")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -130,7 +119,8 @@ def _compare(args: argparse.Namespace) -> int:
         return 0
 
     for name in ("prompts", "steps", "concurrency"):
-        _positive(name, getattr(args, name))
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     from crdiff_search.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
 
     collecting = bool(args.collect or args.collect_mlflow)

@@ -62,6 +62,17 @@ def _cmaes(*, seed=None, **options) -> BaseSampler:
         return CmaEsSampler(seed=seed, **options)
 
 
+class GradGPSampler(GPSampler):
+    """Optuna's GPSampler, fitting its Gaussian process with autograd on even in a process that
+    turned gradients off globally (a trial worker does: ``torch.set_grad_enabled(False)``)."""
+
+    def sample_relative(self, study, trial, search_space):
+        import torch
+
+        with torch.enable_grad():
+            return super().sample_relative(study, trial, search_space)
+
+
 def _gp(*, seed=None, **options) -> BaseSampler:
     # Optuna's Gaussian-process sampler (log-EI; trials still running are handled by the
     # sampler itself, so 4 pending asks give 4 distinct points). Its independent sampler
@@ -70,7 +81,7 @@ def _gp(*, seed=None, **options) -> BaseSampler:
     options.setdefault("independent_sampler", RandomSampler(seed=seed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return GPSampler(seed=seed, **options)
+        return GradGPSampler(seed=seed, **options)
 
 
 def _qmc(*, seed=None, **options) -> BaseSampler:
