@@ -165,7 +165,7 @@ class StudyPlan:
     name: str
     resolution: str
     model: str
-    trials: int
+    trials: int  # the most trials the study runs (runner.study.study_budget)
     experiment: Path  # the grid entry's experiment file
     study_file: Path  # the resolved experiment written for the job
     study_toml: str
@@ -188,7 +188,8 @@ class StudyPlan:
         return sum(1 for s in states if str(s).upper() in records.DONE_STATES)
 
     def table_complete(self) -> bool:
-        return self.trials_done() >= self.trials
+        """The budget is used up, or the sampler ended the search (``sampler_stopped.json``)."""
+        return StudyFolder(self.out_dir).stop_file.is_file() or self.trials_done() >= self.trials
 
     def has_state(self) -> bool:
         """Whether an earlier attempt left a study to resume (``crdiff search --resume``
@@ -220,7 +221,7 @@ def _safe(text: str) -> str:
 def plan_grid(grid: Grid) -> list[StudyPlan]:
     """Load and validate every study of the grid (no Ray involved) and derive its job."""
     from crdiff_search.config import check_heldout, load_experiment
-    from crdiff_search.runner.study import build_sampler
+    from crdiff_search.runner.study import build_sampler, study_budget
 
     plans: list[StudyPlan] = []
     seen: dict[str, int] = {}
@@ -278,7 +279,7 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
                 name=name,
                 resolution=f"{cfg.width}x{cfg.height}",
                 model=cfg.model.source,
-                trials=cfg.search.trials,
+                trials=study_budget(cfg),  # anneal-paper: dense + start + iterations + restarts
                 experiment=study.experiment,
                 study_file=study_file,
                 study_toml=text,

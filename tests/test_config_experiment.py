@@ -451,7 +451,7 @@ def test_validation_is_pure_it_imports_no_plugin_and_builds_no_sampler(monkeypat
         build_sampler(bad_value)  # values: checked when the driver builds it, before Ray
 
 
-def test_paper_studies_run_the_reference_procedure(monkeypatch):
+def test_paper_studies_run_the_reference_procedure(monkeypatch, tmp_path):
     """experiments/paper/: anneal-paper on the reference's 2 prompts with its one seed, 30
     steps, guidance 7.5, ImageReward's reference protocol, failures scored -2.0, one at a time;
     at most dense + 1 + 120 + 2 trials; every file listed in its grid."""
@@ -486,8 +486,20 @@ def test_paper_studies_run_the_reference_procedure(monkeypatch):
         assert cfg.objective.failed_image_score == -2.0
         assert cfg.ratios.bounds("down") == (0.1, 0.8)
         assert check_model(cfg) is not None and study_criterion(cfg) == "magnitude"
+        from crdiff_search.runner import prepare
+
+        groups, summary = prepare(cfg)  # what `crdiff search --dry-run` checks
+        assert groups == ("down", "mid", "up") and summary["max_trials"] == 124
     grid = load_grid(folder / "grid.toml")
     assert sorted(Path(s.experiment).name for s in grid.studies) == [p.name for p in studies]
+    from crdiff_search.launch import plan_grid
+
+    plans = plan_grid(load_grid(folder / "grid.toml", cwd=tmp_path))
+    assert len(plans) == 5 and all(p.trials == 124 for p in plans)
+    stopped = plans[0].out_dir
+    stopped.mkdir(parents=True)
+    (stopped / "sampler_stopped.json").write_text("{}")
+    assert plans[0].table_complete() and not plans[1].table_complete()
 
 
 @pytest.mark.parametrize(
