@@ -13,6 +13,7 @@ import warnings
 
 import optuna
 import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.testing.pytest_samplers import (
     BasicSamplerTestCase,
     MultiObjectiveSamplerTestCase,
@@ -47,6 +48,22 @@ class TestGpContract(BasicSamplerTestCase, RelativeSamplerTestCase, MultiObjecti
     @pytest.fixture
     def sampler(self):
         return lambda: create_sampler("gp", seed=0, n_startup_trials=0)
+
+    # Each case fits a GP (seconds): every kind of distribution once as x and once as y,
+    # instead of all 36 pairs.
+    @pytest.mark.parametrize(
+        "x_distribution, y_distribution",
+        [
+            (FloatDistribution(-1.0, 1.0), IntDistribution(3, 9, step=2)),
+            (FloatDistribution(1e-7, 1.0, log=True), IntDistribution(1, 100, log=True)),
+            (FloatDistribution(-10, 10, step=0.5), IntDistribution(3, 10)),
+            (IntDistribution(3, 10), FloatDistribution(-10, 10, step=0.5)),
+            (IntDistribution(1, 100, log=True), FloatDistribution(1e-7, 1.0, log=True)),
+            (IntDistribution(3, 9, step=2), FloatDistribution(-1.0, 1.0)),
+        ],
+    )
+    def test_sample_relative_numerical(self, sampler, x_distribution, y_distribution):
+        super().test_sample_relative_numerical(sampler, x_distribution, y_distribution)
 
 
 class TestQmcContract(BasicSamplerTestCase):
