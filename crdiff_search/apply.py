@@ -78,10 +78,11 @@ def make_pruner(denoiser, recipe: Recipe):
 
 
 def dense_tensors_of(pruner, ratios: Mapping[str, float]) -> dict:
-    """The pruner's saved dense tensors for every group that ``ratios`` prune (shared, not copied)."""
+    """The pruner's saved dense tensors for every group that ``ratios`` prune, on the model's
+    device (shared, not copied, unless the pruner keeps its backup in host memory)."""
     groups = pruner.partition.groups
     return {
-        name: pruner.dense_tensor(name)
+        name: pruner.dense_tensor_on_device(name)
         for group, ratio in ratios.items()
         if ratio > 0
         for name in groups[group]

@@ -197,11 +197,15 @@ class PrunedOutputAmplifier:
         if w == 0.0:
             return self._dense_pass(inner, args, kwargs)
         if self.batched is not False:
+            out_of_memory = False
             try:
                 out = self._batched_pass(inner, args, kwargs, w)
             except torch.OutOfMemoryError:
                 # twice the batch did not fit: the two passes need only the usual activations
-                out = None
+                out, out_of_memory = None, True
+            if out_of_memory:
+                # outside the except block: the failed pass's tensors (held by the traceback
+                # until then) are free now, and the cached blocks go back before the retry
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
                 self._fall_back("out of memory in the batched pass (twice the batch)")

@@ -235,3 +235,135 @@ def tiny_sd_pipeline(seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# -- whole pipelines at their real sizes (random weights), for benchmarks ---------------------
+
+# The published vae/config.json of SD1.5 and SDXL (the same architecture; SDXL's scaling factor
+# and its fp32 upcast differ) and their text encoders' config.json values.
+_VAE_CONFIG = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "norm_num_groups": 32,
+}
+_CLIP_L_TEXT = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "hidden_act": "quick_gelu",
+    "projection_dim": 768,
+}
+_CLIP_BIGG_TEXT = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 20,
+    "hidden_act": "gelu",
+    "projection_dim": 1280,
+}
+_TINY_TEXT = {
+    "hidden_size": 32,
+    "intermediate_size": 37,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "projection_dim": 32,
+}
+_TINY_VAE = dict(
+    _VAE_CONFIG,
+    down_block_types=["DownEncoderBlock2D"] * 2,
+    up_block_types=["UpDecoderBlock2D"] * 2,
+    block_out_channels=[32, 64],
+    layers_per_block=1,
+)
+TINY_SDXL_UNET_CONFIG = dict(
+    TINY_UNET_CONFIG,
+    cross_attention_dim=64,  # the two text encoders' widths, concatenated
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 32,  # 6 time ids + the pooled text embedding
+)  # fmt: skip
+PIPELINE_ARCHES = ("sd15", "sdxl", "tiny-sd", "tiny-sdxl")
+
+
+def _text_encoder(arch: dict, *, projection: bool):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, layer_norm_eps=1e-5, **arch,
+    )  # fmt: skip
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return cls(config).eval()
+
+
+def build_pipeline(
+    arch: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+):
+    """A complete text-to-image pipeline of ``arch`` with random weights, built on ``device``.
+
+    ``sd15`` and ``sdxl`` are the published architectures at their real sizes (SD1.5: UNet 860M,
+    VAE 84M, CLIP-L text 123M; SDXL: UNet 2.57B, VAE 84M, CLIP-L and OpenCLIP-bigG text 817M),
+    ``tiny-sd`` and ``tiny-sdxl`` the same code paths at test size (SDXL's two text encoders and
+    ``add_time_ids`` included). Modules are created directly on ``device`` (fast default init on
+    a GPU) and cast to ``dtype``. The tokenizers are complete CLIP tokenizers built offline.
+    """
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+
+    from crdiff_search.tokenizers import clip_tokenizer
+
+    if arch not in PIPELINE_ARCHES:
+        raise ValueError(f"unknown pipeline architecture {arch!r}; valid: {PIPELINE_ARCHES}")
+    xl = arch in ("sdxl", "tiny-sdxl")
+    real = arch in ("sd15", "sdxl")
+    unet_config = {
+        "sd15": SD15_UNET_CONFIG,
+        "sdxl": SDXL_UNET_CONFIG,
+        "tiny-sd": TINY_UNET_CONFIG,
+        "tiny-sdxl": TINY_SDXL_UNET_CONFIG,
+    }[arch]
+    vae_config = dict(_VAE_CONFIG if real else _TINY_VAE)
+    vae_config["scaling_factor"] = 0.13025 if xl else 0.18215
+    vae_config["force_upcast"] = xl
+    torch.manual_seed(seed)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**copy.deepcopy(unet_config)).eval()
+        vae = AutoencoderKL(**vae_config).eval()
+        text_encoder = _text_encoder(_CLIP_L_TEXT if real else _TINY_TEXT, projection=False)
+        text_encoder_2 = (
+            _text_encoder(_CLIP_BIGG_TEXT if real else _TINY_TEXT, projection=True) if xl else None
+        )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # fmt: skip
+    tokenizer = clip_tokenizer()
+    if xl:
+        pipe = StableDiffusionXLPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+        )  # fmt: skip
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )  # fmt: skip
+    pipe = pipe.to(dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,4 +1,5 @@
-"""Tiny random-weight checkpoints of every scorer, in the real files' formats.
+"""Random-weight checkpoints of every scorer, in the real files' formats: tiny ones for tests
+and, with ``size="real"``, ones of the published architectures' true sizes for benchmarks.
 
 Tests and benchmarks write them to a folder and load them through the same code paths as the
 real weights (a state dict file, a config, a model folder). Nothing here touches the network.
@@ -19,6 +20,8 @@ TINY_CLIP_CONFIG = {
 }
 # 64 px (4 x 4 patches) keeps tests fast; the real model and the parity test use 224.
 TINY_IMAGEREWARD_VISION = {"width": 48, "depth": 2, "heads": 4, "patch": 16, "image_size": 64}
+# ImageReward-v1.0: BLIP's ViT-L/16 at 224 px and its BERT-base "med" text encoder
+REAL_IMAGEREWARD_VISION = {"width": 1024, "depth": 24, "heads": 16, "patch": 16, "image_size": 224}
 TINY_MED_CONFIG = {
     "architectures": ["BertModel"],
     "attention_probs_dropout_prob": 0.1,
@@ -38,6 +41,41 @@ TINY_MED_CONFIG = {
     "encoder_width": 48,
     "add_cross_attention": True,
 }
+
+
+REAL_MED_CONFIG = dict(
+    TINY_MED_CONFIG,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=512,
+    encoder_width=1024,
+)
+SIZES = ("tiny", "real")
+# PickScore_v1: a CLIP-ViT-H-14 (transformers CLIPModel)
+_PICKSCORE = {
+    "tiny": {
+        "text": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                 "num_attention_heads": 2},
+        "vision": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                   "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
+        "projection_dim": 16,
+    },
+    "real": {
+        "text": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                 "num_attention_heads": 16, "hidden_act": "gelu"},
+        "vision": {"hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+                   "num_attention_heads": 16, "image_size": 224, "patch_size": 14,
+                   "hidden_act": "gelu"},
+        "projection_dim": 1024,
+    },
+}  # fmt: skip
+
+
+def _check_size(size: str) -> None:
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
 
 
 def _randomise_(module: torch.nn.Module, seed: int, scale: float = 0.1) -> None:
@@ -70,57 +108,73 @@ def write_tiny_open_clip(folder: str | Path, seed: int = 0) -> tuple[Path, Path]
     return config, checkpoint
 
 
-def write_tiny_aesthetic(folder: str | Path, in_features: int = 16, seed: int = 0) -> Path:
-    """The aesthetic MLP (real layout, ``layers.*``) over ``in_features``-d embeddings."""
-    from crdiff_search.objectives._common import mlp_head
+def write_open_clip(folder: str | Path, arch: str = "ViT-L-14", seed: int = 0) -> Path:
+    """A checkpoint (.safetensors) of open_clip's built-in ``arch`` with random weights, for
+    ``ClipScoreObjective(model=arch, pretrained=path)`` (and the aesthetic scorer's CLIP)."""
+    import open_clip
+    from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    head = mlp_head(in_features, (64, 32, 16, 8))
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch, pretrained=None)
+    with torch.no_grad():
+        model.logit_scale.fill_(4.6052)
+    checkpoint = folder / f"{arch}-random.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(checkpoint))
+    return checkpoint
+
+
+def write_tiny_aesthetic(
+    folder: str | Path, in_features: int = 16, seed: int = 0, *, size: str = "tiny"
+) -> Path:
+    """The aesthetic MLP (real layout, ``layers.*``) over ``in_features``-d embeddings; with
+    ``size="real"`` the LAION predictor's (1024, 128, 64, 16) hidden layers."""
+    from crdiff_search.objectives._common import mlp_head
+
+    _check_size(size)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    head = mlp_head(in_features, (64, 32, 16, 8) if size == "tiny" else (1024, 128, 64, 16))
     _randomise_(head, seed, scale=0.3)
     path = folder / "tiny-aesthetic.pth"
     torch.save({f"layers.{k}": v for k, v in head.state_dict().items()}, path)
     return path
 
 
-def write_tiny_pickscore(folder: str | Path, seed: int = 0) -> Path:
-    """A folder with a tiny transformers CLIPModel and its processor (complete CLIP tokenizer)."""
+def write_tiny_pickscore(folder: str | Path, seed: int = 0, *, size: str = "tiny") -> Path:
+    """A folder with a transformers CLIPModel and its processor (complete CLIP tokenizer):
+    tiny, or PickScore's CLIP-ViT-H-14 at its real size (``size="real"``)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     from crdiff_search.tokenizers import clip_tokenizer
 
+    _check_size(size)
+    arch = _PICKSCORE[size]
     folder = Path(folder)
     config = CLIPConfig(
         text_config={
             "vocab_size": 49408,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
             "max_position_embeddings": 77,
             "bos_token_id": 49406,
             "eos_token_id": 49407,
             "pad_token_id": 49407,
+            **arch["text"],
         },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
-        projection_dim=16,
+        vision_config=arch["vision"],
+        projection_dim=arch["projection_dim"],
     )
+    image_size = arch["vision"]["image_size"]
     torch.manual_seed(seed)
     model = CLIPModel(config)
-    _randomise_(model, seed, scale=0.05)
+    if size == "tiny":  # the real size keeps transformers' own random init (faster to build)
+        _randomise_(model, seed, scale=0.05)
     with torch.no_grad():
         model.logit_scale.fill_(4.6052)
     model.save_pretrained(folder)
     image_processor = CLIPImageProcessor(
-        size={"shortest_edge": 32},
-        crop_size={"height": 32, "width": 32},
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
         resample=3,
         image_mean=[0.48145466, 0.4578275, 0.40821073],
         image_std=[0.26862954, 0.26130258, 0.27577711],
@@ -180,15 +234,21 @@ def _package_key(key: str) -> str:
     return "mlp.layers." + key[len("head.") :]
 
 
-def write_tiny_imagereward(folder: str | Path, seed: int = 0) -> dict[str, Path]:
-    """ImageReward.pt + med_config.json + a synthetic vocab.txt of a tiny ImageReward."""
+def write_tiny_imagereward(
+    folder: str | Path, seed: int = 0, *, size: str = "tiny"
+) -> dict[str, Path]:
+    """ImageReward.pt + med_config.json + a synthetic vocab.txt of a tiny ImageReward, or of
+    one at ImageReward-v1.0's real size (``size="real"``: ViT-L/16 + BERT-base, 450M)."""
     from transformers import BlipTextConfig, BlipVisionConfig
 
-    from crdiff_search.objectives.imagereward import ImageRewardModel
+    from crdiff_search.objectives.imagereward import HEAD_HIDDEN, ImageRewardModel
 
+    _check_size(size)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    v, med = TINY_IMAGEREWARD_VISION, TINY_MED_CONFIG
+    real = size == "real"
+    v = REAL_IMAGEREWARD_VISION if real else TINY_IMAGEREWARD_VISION
+    med = REAL_MED_CONFIG if real else TINY_MED_CONFIG
     vision = BlipVisionConfig(
         hidden_size=v["width"],
         intermediate_size=4 * v["width"],
@@ -209,8 +269,9 @@ def write_tiny_imagereward(folder: str | Path, seed: int = 0) -> dict[str, Path]
         is_decoder=True,
     )
     torch.manual_seed(seed)
-    model = ImageRewardModel(vision, text, (64, 32, 16, 8))
-    _randomise_(model, seed, scale=0.08)
+    model = ImageRewardModel(vision, text, HEAD_HIDDEN if real else (64, 32, 16, 8))
+    if not real:  # the real size keeps transformers' own random init (faster to build)
+        _randomise_(model, seed, scale=0.08)
     state = {_package_key(k): t for k, t in model.state_dict().items() if "position_ids" not in k}
     torch.save(state, folder / "ImageReward.pt")
     (folder / "med_config.json").write_text(json.dumps(med))

@@ -159,7 +159,8 @@ def test_dense_tensor_keep_masks_and_memory(unet):
     assert pruner.keep_masks({"mid": 1e-9}) == {}  # int(N * r) == 0 prunes nothing
     selected = sum(dense[n].numel() * dense[n].element_size() for n in pruner.param_names)
     assert pruner.extra_memory_bytes() == {
-        "backup": selected, "sorted_cache": selected, "total": 2 * selected,
+        "backup": selected, "sorted_cache": selected, "histograms": 0, "total": 2 * selected,
+        "device": 2 * selected, "host": 0,  # on CPU everything is in the model's memory
     }  # fmt: skip
     lean = Pruner(fresh_unet(), "paper", cache="none")
     assert lean.extra_memory_bytes()["sorted_cache"] == 0
@@ -239,7 +240,7 @@ def test_constructor_errors(unet):
         Pruner(torch.nn.Sequential(torch.nn.Linear(2, 2)), "paper")
     with pytest.raises(UsageError, match="valid names: magnitude, magnitude-tensor, random"):
         Pruner(unet, "paper", criterion="l1")
-    with pytest.raises(UsageError, match="valid: sorted, none"):
+    with pytest.raises(UsageError, match="valid: auto, sorted, histogram, none"):
         Pruner(unet, "paper", cache="lru")
     other = build_partition(testing.tiny_dit(), "paper")
     with pytest.raises(UsageError, match="does not have"):

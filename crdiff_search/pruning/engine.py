@@ -15,6 +15,18 @@ Design (measured on the SD1.5 UNet, see ``benchmarks/pruning.py``):
 * Pools whose ``k = int(N * ratio)`` did not change since the last call are left as they are, so
   moving one ratio (a simulated-annealing neighbour) touches one group only.
 
+* ``cache="histogram"`` keeps, per pool, a histogram of the scores' bit patterns instead (a
+  float's bits order like its value): 2^15 or 2^16 counts, exact for fp16/bf16 scores, and for
+  fp32 a 16-bit first level plus one pass over the pool for the low bits of a new bucket. No
+  sort, no copy of the scores, and a transient of one tensor's size: the layout for a GPU, where
+  ``torch.sort`` of a group allocates its values plus int64 indices at once.
+* ``backup="host"`` keeps the dense copy in pinned host memory and prunes the parameter in place
+  (copy back over PCIe, then mask): no second copy on the accelerator. ``backup="device"`` keeps
+  both copies on the model's device (the fastest move). ``"auto"`` (default): on CPU ``device``;
+  on an accelerator ``device`` while the selected weights fit ``device_budget`` (a share of the
+  model's bytes, or bytes), else ``host``. ``cache="auto"``: ``sorted`` on CPU, ``histogram`` on
+  an accelerator.
+
 The engine assumes it is the only writer of the selected weights between calls.
 """
 
@@ -30,8 +42,14 @@ from torch import nn
 from crdiff_search.errors import UsageError
 from crdiff_search.pruning.criteria import Criterion, create_criterion, resolve_criterion
 from crdiff_search.pruning.ratios import validate_ratios
+from crdiff_search.pruning.select import SUPPORTED as HISTOGRAM_DTYPES
+from crdiff_search.pruning.select import BitHistogram
 
-CACHE_MODES = ("sorted", "none")
+CACHE_MODES = ("auto", "sorted", "histogram", "none")
+BACKUP_MODES = ("auto", "device", "host")
+# backup="auto" on an accelerator: the dense copy stays there while the selected weights are at
+# most this share of the model's bytes (SD1.5's paper partition: 0.23; SDXL's: 0.64)
+DEVICE_BUDGET = 0.25
 
 
 @dataclass
@@ -43,6 +61,7 @@ class _Pool:
     numel: int
     dtype: torch.dtype
     sorted_scores: torch.Tensor | None = None
+    histogram: object | None = None  # a _Histogram with cache="histogram"
 
 
 class Pruner:
@@ -71,14 +90,23 @@ class Pruner:
         partition,
         *,
         criterion: str | Criterion = "auto",
-        cache: str = "sorted",
+        cache: str = "auto",
         seed: int = 0,
         swap: bool = True,
+        backup: str = "auto",
+        device_budget: float = DEVICE_BUDGET,
     ) -> None:
         if cache not in CACHE_MODES:
             raise UsageError(f"unknown cache mode {cache!r}; valid: {', '.join(CACHE_MODES)}")
-        self.cache = cache
-        self.swap = bool(swap)
+        if backup not in BACKUP_MODES:
+            raise UsageError(f"unknown backup {backup!r}; valid: {', '.join(BACKUP_MODES)}")
+        if isinstance(device_budget, bool) or not (
+            isinstance(device_budget, int | float) and device_budget >= 0
+        ):
+            raise UsageError(
+                f"device_budget must be a share of the model's bytes (0-1) or a number of bytes "
+                f"(> 1), got {device_budget!r}"
+            )
         if not isinstance(model, nn.Module):
             from crdiff_search.models import denoiser_of
 
@@ -106,8 +134,36 @@ class Pruner:
         bad = [n for n, p in self._params.items() if not p.is_floating_point() or p.is_meta]
         if bad:
             raise UsageError(f"cannot prune {bad[0]!r}: not a floating-point tensor with data")
+        devices = {p.device for p in self._params.values()}
+        if len(devices) > 1:
+            raise UsageError(
+                f"the selected weights are on {len(devices)} devices ({sorted(map(str, devices))}); "
+                "move the model to one device before building the Pruner"
+            )
+        self.device = devices.pop() if devices else torch.device("cpu")
+        on_host = self.device.type == "cpu"
+        selected = sum(p.numel() * p.element_size() for p in self._params.values())
+        model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        budget = device_budget * model_bytes if device_budget <= 1 else device_budget
+        if backup == "auto":
+            backup = "device" if on_host or selected <= budget else "host"
+        if cache == "auto":
+            cache = "sorted" if on_host else "histogram"
+        self.cache = cache
+        self.backup = backup
+        # with the dense copy on the host the parameter keeps its storage (pruned in place);
+        # on CPU "host" is a separate copy in the same memory, the same code path
+        self.host_backup = backup == "host"
+        self.swap = bool(swap) and not self.host_backup
         with torch.no_grad():
-            if self.swap:
+            if self.host_backup:
+                pin = torch.cuda.is_available() and self.device.type == "cuda"
+                self._dense = {
+                    n: torch.empty(p.shape, dtype=p.dtype, pin_memory=pin).copy_(p.data)
+                    for n, p in self._params.items()
+                }
+                self._work = {n: p.data for n, p in self._params.items()}
+            elif self.swap:
                 # the model's own storage becomes the dense copy; pruned values go to a new buffer
                 self._dense = {n: p.data for n, p in self._params.items()}
                 self._work = {n: torch.empty_like(d) for n, d in self._dense.items()}
@@ -121,6 +177,9 @@ class Pruner:
             if cache == "sorted":
                 for pool in self._pools:
                     pool.sorted_scores = self._sorted_scores(pool)
+            elif cache == "histogram":
+                for pool in self._pools:
+                    pool.histogram = self._histogram(pool)
         self._k = [0] * len(self._pools)
         # last (k, threshold) per pool: keep_masks right after apply_ costs no kthvalue
         self._last: list[tuple[int, torch.Tensor] | None] = [None] * len(self._pools)
@@ -155,8 +214,12 @@ class Pruner:
                     threshold = self._threshold(i, k)
                     for name in pool.names:
                         work = self._work[name]
-                        self.criterion.prune_into(name, self._dense[name], threshold, work)
-                        self._params[name].data = work
+                        if self.host_backup:
+                            work.copy_(self._dense[name], non_blocking=True)
+                            self.criterion.prune_into(name, work, threshold, work)
+                        else:
+                            self.criterion.prune_into(name, self._dense[name], threshold, work)
+                            self._params[name].data = work
                 self._k[i] = k
         self._ratios = ratios
         return self
@@ -200,12 +263,16 @@ class Pruner:
                     continue
                 threshold = self._threshold(i, k)
                 for name in pool.names:
-                    masks[name] = self.criterion.keep_mask(name, self._dense[name], threshold)
+                    masks[name] = self.criterion.keep_mask(
+                        name, self._dense_on_device(name), threshold
+                    )
         return masks
 
     def dense_tensor(self, param_name: str) -> torch.Tensor:
         """The saved dense weight (the engine's own tensor, no copy: read it, never modify it;
-        with ``swap=True`` it is the parameter's storage whenever the group is dense)."""
+        with ``swap=True`` it is the parameter's storage whenever the group is dense; with
+        ``backup="host"`` on an accelerator it lives in host memory: see
+        :meth:`dense_tensor_on_device`)."""
         try:
             return self._dense[param_name]
         except KeyError:
@@ -213,6 +280,12 @@ class Pruner:
                 f"{param_name!r} is not a pruned parameter of partition {self.partition.name!r} "
                 f"({len(self._dense)} parameters; see Pruner.param_names)"
             ) from None
+
+    def dense_tensor_on_device(self, param_name: str) -> torch.Tensor:
+        """The dense weight on the model's device: the saved tensor itself, or a copy of it when
+        the backup is in host memory (what POA's dense pass needs)."""
+        self.dense_tensor(param_name)
+        return self._dense_on_device(param_name)
 
     def sparsity(self) -> dict[str, float]:
         """Achieved fraction of zero weights per group, counted in the model now."""
@@ -254,19 +327,36 @@ class Pruner:
 
     def extra_memory_bytes(self) -> dict[str, int]:
         """Bytes the engine adds to the model: the second copy of the selected tensors (work
-        buffer or dense backup) and the sorted-score cache."""
+        buffer or dense backup), the sorted-score cache and the histograms; ``device`` is the
+        part on the model's device, ``host`` the part in host memory."""
         backup = sum(t.numel() * t.element_size() for t in self._dense.values())
         cache = sum(
             p.sorted_scores.numel() * p.sorted_scores.element_size()
             for p in self._pools
             if p.sorted_scores is not None
         )
-        return {"backup": backup, "sorted_cache": cache, "total": backup + cache}
+        histograms = sum(p.histogram.nbytes for p in self._pools if p.histogram is not None)
+        on_device = 0 if self.host_backup else backup
+        for pool in self._pools:
+            if pool.sorted_scores is not None and pool.sorted_scores.device == self.device:
+                on_device += pool.sorted_scores.numel() * pool.sorted_scores.element_size()
+        total = backup + cache + histograms
+        if self.device.type == "cpu":
+            on_device = total
+        return {
+            "backup": backup,
+            "sorted_cache": cache,
+            "histograms": histograms,
+            "total": total,
+            "device": on_device,
+            "host": total - on_device,
+        }
 
     def __repr__(self) -> str:
         return (
             f"Pruner({type(self.model).__name__}, partition={self.partition.name!r}, "
-            f"criterion={self.criterion.name!r}, cache={self.cache!r}, swap={self.swap}, "
+            f"criterion={self.criterion.name!r}, cache={self.cache!r}, backup={self.backup!r}, "
+            f"swap={self.swap}, "
             f"groups={list(self.groups)})"
         )
 
@@ -277,7 +367,29 @@ class Pruner:
             if self.swap:
                 self._params[name].data = self._dense[name]
             else:
-                self._params[name].data.copy_(self._dense[name])
+                self._params[name].data.copy_(self._dense[name], non_blocking=self.host_backup)
+
+    def _dense_on_device(self, name: str) -> torch.Tensor:
+        dense = self._dense[name]
+        if dense.device == self.device:
+            return dense
+        return dense.to(self.device, non_blocking=True)
+
+    def _tensor_scores(self, pool: _Pool) -> Iterator[torch.Tensor]:
+        """The pool's scores tensor by tensor (1-D, on the model's device, in the pool's dtype)."""
+        for name in pool.names:
+            dense = self._dense_on_device(name)
+            out = torch.empty(dense.numel(), dtype=pool.dtype, device=self.device)
+            self.criterion.scores_into(name, dense, out)
+            yield out
+
+    def _histogram(self, pool: _Pool) -> BitHistogram | None:
+        if pool.dtype not in HISTOGRAM_DTYPES:
+            return None  # float64 scores: kthvalue per new k
+        histogram = BitHistogram(pool.dtype)
+        for scores in self._tensor_scores(pool):
+            histogram.add(scores)
+        return histogram
 
     def _make_pools(self) -> list[_Pool]:
         pools = []
@@ -290,9 +402,16 @@ class Pruner:
         return pools
 
     def _scores(self, pool: _Pool) -> torch.Tensor:
+        """All scores of a pool in one 1-D tensor: on the model's device, or in host memory
+        when the dense backup is there (the sorted cache then lives on the host too)."""
         device = self._dense[pool.names[0]].device
         buf = torch.empty(pool.numel, dtype=pool.dtype, device=device)
         offset = 0
+        if device != self.device:
+            for scores in self._tensor_scores(pool):
+                buf[offset : offset + scores.numel()].copy_(scores)
+                offset += scores.numel()
+            return buf
         for name in pool.names:
             dense = self._dense[name]
             self.criterion.scores_into(name, dense, buf[offset : offset + dense.numel()])
@@ -320,18 +439,21 @@ class Pruner:
         last = self._last[index]
         if last is not None and last[0] == k:
             return last[1]
-        threshold = torch.kthvalue(self._scores(pool), k).values
+        if pool.histogram is not None:
+            threshold = pool.histogram.kth(k, lambda: self._tensor_scores(pool))
+        else:
+            threshold = torch.kthvalue(self._scores(pool), k).values
         self._last[index] = (k, threshold)
         return threshold
 
     def _check_params(self) -> None:
         for name, p in self._params.items():
             d = self._dense[name]
-            if p.device != d.device or p.dtype != d.dtype or p.shape != d.shape:
+            if p.device != self.device or d.dtype != p.dtype or d.shape != p.shape:
                 raise RuntimeError(
                     f"{name!r} changed device, dtype or shape since the Pruner was built "
-                    f"({d.dtype} on {d.device} -> {p.dtype} on {p.device}); build a new Pruner "
-                    "after moving or casting the model"
+                    f"({d.dtype} on {self.device} -> {p.dtype} on {p.device}); build a new "
+                    "Pruner after moving or casting the model"
                 )
             if self.swap and p.data_ptr() not in (d.data_ptr(), self._work[name].data_ptr()):
                 raise RuntimeError(
