@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 import sys
 
-from crdiff_search import commands
+from crdiff_search import __version__, commands, progress
 from crdiff_search.errors import CrdiffError
 
 
@@ -21,12 +21,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="crdiff",
         description="Cross-resolution pruning search for diffusion models.",
     )
+    parser.add_argument("--version", action="version", version=f"crdiff-search {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{commands.__name__}.{info.name}")
         module.register(sub)
+    for command in sub.choices.values():  # the output flags every command shares
+        command.add_argument(
+            "-q", "--quiet", action="store_true", help="no progress output (results still print)"
+        )
+        command.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            help="also show the INFO lines of Ray, Tune, MLflow and diffusers",
+        )
     return parser
 
 
@@ -36,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    progress.configure(mode="quiet" if args.quiet else "auto", verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except CrdiffError as exc:  # the library's errors; anything else is a bug: traceback

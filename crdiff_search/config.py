@@ -404,7 +404,10 @@ def read_prompt_file(path: str | os.PathLike, where: str = "prompts.file") -> li
     lines = [line.strip() for line in text.splitlines()]
     prompts = [line for line in lines if line and not line.startswith("#")]
     if not prompts:
-        raise UsageError(f"{where} {str(p)!r} holds no prompts (one per line)")
+        raise UsageError(
+            f"{where} {str(p)!r} holds no prompts yet: write the prompts in it, one per line "
+            "('#' starts a comment)"
+        )
     return prompts
 
 

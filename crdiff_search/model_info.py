@@ -232,6 +232,19 @@ def study_criterion(config: ExperimentConfig, info: ModelInfo | None = None) -> 
     return resolve_criterion(criterion, config.partition.granularity, name)
 
 
+def valid_neighbours(width: int, height: int, factor: int) -> list[str]:
+    """The resolutions nearest ``width`` x ``height`` whose sides are multiples of ``factor``
+    (each side rounded down and up), e.g. ``(25, 24, 8)`` -> ``["24x24", "32x24"]``."""
+
+    def sides(n: int) -> list[int]:
+        if n % factor == 0:
+            return [n]
+        low = (n // factor) * factor
+        return [s for s in (low, low + factor) if s >= factor]
+
+    return [f"{w}x{h}" for w in sides(width) for h in sides(height)]
+
+
 def check_model(config: ExperimentConfig) -> ModelInfo | None:
     """Checks that need the model's config files: resolution and ratio groups.
 
@@ -250,10 +263,9 @@ def check_model(config: ExperimentConfig) -> ModelInfo | None:
         return None
     f = info.spatial_factor
     if config.width % f or config.height % f:
-        lo_w, lo_h = (config.width // f) * f, (config.height // f) * f
         raise UsageError(
             f"resolution = {config.resolution!r}: {config.model.source!r} needs sides divisible "
-            f"by {f}; nearest valid: {max(lo_w, f)}x{max(lo_h, f)}"
+            f"by {f}; nearest valid: {', '.join(valid_neighbours(config.width, config.height, f))}"
         )
     if config.ratios.groups or config.partition.n_groups or config.partition.include:
         groups = group_names(config, info)

@@ -116,6 +116,11 @@ def _blamed_key(message: str, raw: Mapping[str, Any], section: str) -> str | Non
     return None
 
 
+class _SectionStop(UsageError):
+    """A problem after which the rest of its section would only report consequences (a
+    prompts file that is missing or empty: not "give items or file")."""
+
+
 def _validated(problems: list[str], section: str, validate, raw: Mapping[str, Any], *extra):
     """Run a section's validator; on an error, note it, drop the field it names (its default
     applies) and run again, so that one run reports every bad field of the section. None when
@@ -126,6 +131,8 @@ def _validated(problems: list[str], section: str, validate, raw: Mapping[str, An
             return validate(raw, *extra)
         except UsageError as exc:
             problems.append(str(exc))
+            if isinstance(exc, _SectionStop):
+                return None
             key = _blamed_key(str(exc), raw, section)
             if key is None:
                 return None
@@ -278,7 +285,10 @@ def _prompts(raw: dict, model: ModelSpec, base_dir: Path | None) -> PromptSpec:
         path = Path(file).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
-        n_file = len(read_prompt_file(path))  # raises when missing or empty
+        try:
+            n_file = len(read_prompt_file(path))
+        except UsageError as exc:  # missing or empty: the one problem of [prompts] worth saying
+            raise _SectionStop(str(exc)) from None
         file = str(path)
     elif not items and model.source != "testbed":
         raise UsageError(

@@ -13,13 +13,9 @@ from pathlib import Path
 
 def code_info() -> dict[str, str]:
     """The package version and, when the package runs from a git checkout, its commit."""
-    from importlib import metadata
+    from crdiff_search import __version__
 
-    try:
-        version = metadata.version("crdiff-search")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    info = {"version": version}
+    info = {"version": __version__}
     root = Path(__file__).resolve().parent.parent
     if not (root / ".git").exists():
         # An installed copy: a repository around site-packages is not this package's source.

@@ -41,7 +41,6 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--address", default=None, help="Ray cluster address (default: local Ray)")
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=_run)
 
 

@@ -47,7 +47,6 @@ def register(subparsers) -> None:
         action="store_true",
         help="skip the held-out verdict that rerank.after_search asks for",
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress lines")
     parser.set_defaults(func=_search)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -17,7 +18,14 @@ def start_ray(
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    kwargs = {"include_dashboard": False, "log_to_driver": False}
+    from crdiff_search import progress
+
+    # Ray's INFO lines (and the workers' own output) only with --verbose.
+    kwargs = {
+        "include_dashboard": False,
+        "log_to_driver": progress.verbose(),
+        "logging_level": logging.INFO if progress.verbose() else logging.WARNING,
+    }
     if address is None:
         kwargs["num_cpus"] = max(1, num_cpus or os.cpu_count() or 1)
         address = "local"

@@ -415,6 +415,10 @@ def run_study(
             f"{str(out)!r} already holds study {config.study!r}: pass --resume to continue it or "
             "--out for a new folder"
         )
+    from crdiff_search.progress import Reporter
+
+    say = Reporter(f"{config.study} {config.resolution}", mode=progress)
+    say.phase("checking the model, the partition and the prompts")
     groups, _ = prepare(config)
     study_id = _study_id(out, config, resume)
 
@@ -431,6 +435,7 @@ def run_study(
         from crdiff_search.tracking import StudyTracker, resolve_tracking_uri
 
         uri = resolve_tracking_uri(config.tracking.uri)
+        say.phase(f"opening the MLflow study run at {uri}")
         tracker = StudyTracker(uri, config.tracking_experiment)
         parent = tracker.start_study(
             study_id,
@@ -447,6 +452,8 @@ def run_study(
 
     _ray_env(config.search.concurrency)
     need = math.ceil(config.search.concurrency * config.resources.cpu)
+    if not ray.is_initialized():
+        say.phase(f"starting Ray ({address or 'local'})")
     started_ray = start_ray(address, num_cpus=max(os.cpu_count() or 1, need))
 
     spec = WorkerSpec.from_config(
@@ -459,6 +466,7 @@ def run_study(
     trainable = tune.with_resources(tune.with_parameters(PruningTrainable, spec=spec), resources)
     status = "FAILED"
     interrupted = False
+    table = None
     try:
         if resume:
             tuner = tune.Tuner.restore(
@@ -480,6 +488,7 @@ def run_study(
                 progress=progress,
                 tracking=tracking,
                 mirror=_optuna_mirror(out, config, groups),
+                title=f"{config.study} {config.resolution} {config.search.sampler}",
             )
             tuner = tune.Tuner(
                 trainable,
@@ -511,6 +520,8 @@ def run_study(
         interrupted = True  # a second Ctrl-C: Tune's handler was gone
         raise
     finally:
+        if table is not None:
+            table.close()  # the live display, when Tune stopped before its end hook
         if started_ray:
             ray.shutdown()
         if table_path.is_file():  # trials the live mirror missed (a killed driver, a resume)

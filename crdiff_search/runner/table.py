@@ -1,9 +1,8 @@
 """The driver's record of a study: ``DIR/trials.parquet`` (one row per trial, rewritten as
-trials start and finish) and the live progress line in the terminal."""
+trials start and finish) and the study's progress display (:mod:`crdiff_search.progress`)."""
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
@@ -15,6 +14,7 @@ import pandas as pd
 from ray import tune
 
 from crdiff_search import records
+from crdiff_search.progress import StudyProgress
 from crdiff_search.records import ratio_column, table_columns
 from crdiff_search.runner.spec import TrackingTarget
 
@@ -65,6 +65,7 @@ class TrialTable(tune.Callback):
         progress: bool = True,
         tracking: TrackingTarget | None = None,
         mirror=None,
+        title: str = "",
     ):
         self.path = Path(path)
         self.groups = list(groups)
@@ -74,6 +75,8 @@ class TrialTable(tune.Callback):
         self.budget = budget
         self.mode = mode
         self.progress = progress
+        self.title = title or sampler
+        self.display: StudyProgress | None = None  # made in setup: the terminal of this run
         self.tracking = tracking
         self.mirror = mirror  # an OptunaMirror: finished trials for Optuna's tools
         self.rows: dict[str, dict[str, Any]] = {}
@@ -89,6 +92,20 @@ class TrialTable(tune.Callback):
         if self.path.is_file():
             for row in read_table(self.path).to_dict("records"):
                 self.rows[str(row["trial_id"])] = row
+        done = [r for r in self.rows.values() if r.get("state") in records.DONE_STATES]
+        self.display = StudyProgress(
+            self.title,
+            budget=self.budget,
+            groups=self.groups,
+            mode=self.progress,
+            maximize=self.mode != "min",
+        )
+        for row in sorted(done, key=lambda r: int(r.get("trial_index") or 0)):
+            self.display.finished(row, replayed=True)
+        if done:
+            self.display.phase(f"resuming: {len(done)} trials already finished")
+        else:
+            self.display.phase("starting trials (each worker loads the model; trial 0 is dense)")
 
     def _row(self, trial) -> dict[str, Any]:
         row = self.rows.get(trial.trial_id)
@@ -143,6 +160,8 @@ class TrialTable(tune.Callback):
         if row.get("started_at") is None or pd.isna(row.get("started_at")):
             row["started_at"] = pd.Timestamp(time.time(), unit="s", tz="UTC")
         self.write()
+        if self.display is not None:
+            self.display.started(row)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
@@ -205,26 +224,15 @@ class TrialTable(tune.Callback):
         return records.best_completed(pd.DataFrame(list(self.rows.values())), self.mode)
 
     def _report(self, row: Mapping[str, Any]) -> None:
-        if not self.progress:
-            return
-        finished = sum(r["state"] in records.DONE_STATES for r in self.rows.values())
-        if row["state"] == "FAILED":
-            line = f"trial {row['trial_index']} FAILED: {row['error']}"
-        else:
-            line = (
-                f"trial {row['trial_index']} {row['state'].lower()} "
-                f"score {_fmt(row['score'])} ({_fmt(row['score_delta'], sign=True)} vs dense)"
-            )
-        best = self.best()
-        if best is not None:
-            ratios = " ".join(
-                f"{g}={r:.3f}" for g, r in records.ratios_of(best, self.groups).items()
-            )
-            line += (
-                f" | best {_fmt(best['score'])} ({_fmt(best['score_delta'], sign=True)}) "
-                f"trial {best['trial_index']}: {ratios}"
-            )
-        print(f"[{finished}/{self.budget}] {line}", file=sys.stderr, flush=True)
+        if self.display is not None:
+            self.display.finished(row)
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.display is not None:
+            self.display.close()
 
     def _track_failure(self, trial, row: Mapping[str, Any]) -> None:
         if not self.tracking:
@@ -249,17 +257,5 @@ class TrialTable(tune.Callback):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_tracker"] = None
+        state["display"] = None
         return state
-
-
-def _finite(x: Any) -> bool:
-    try:
-        return math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
-
-
-def _fmt(x: Any, sign: bool = False) -> str:
-    if not _finite(x):
-        return "n/a"
-    return f"{float(x):+.4f}" if sign else f"{float(x):.4f}"
