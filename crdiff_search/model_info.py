@@ -92,11 +92,11 @@ def _hub_info(source: str, *, local_only: bool) -> ModelInfo | None:
     net = json.loads(net_path.read_text(encoding="utf-8"))
     vae = json.loads(vae_path.read_text(encoding="utf-8")) if vae_path else None
     return ModelInfo(
-        _spatial(vae, net), net.get("_class_name", ""), net, index.get("_class_name", "")
+        spatial_rule(vae, net), net.get("_class_name", ""), net, index.get("_class_name", "")
     )
 
 
-def _spatial(vae_cfg: dict | None, net_cfg: dict) -> int:
+def spatial_rule(vae_cfg: dict | None, net_cfg: dict) -> int:
     """The multiple that image sides must be, for the pipelines this project runs.
 
     Latent pipelines (a VAE) take sides divisible by 8 and by the VAE factor (diffusers
@@ -125,7 +125,7 @@ def model_info(source: str) -> ModelInfo | None:
             return None
         net = _read_json(folder / "unet" / "config.json")
         return ModelInfo(
-            _spatial(None, net),
+            spatial_rule(None, net),
             net.get("_class_name", "UNet2DConditionModel"),
             net,
             "ScenePipeline",
@@ -146,7 +146,7 @@ def model_info(source: str) -> ModelInfo | None:
         net = _read_json(local / sub / "config.json")
         vae = _read_json(local / "vae" / "config.json") if "vae" in index else None
         return ModelInfo(
-            _spatial(vae, net),
+            spatial_rule(vae, net),
             net.get("_class_name", ""),
             net,
             index.get("_class_name", ""),
@@ -165,7 +165,7 @@ def model_info(source: str) -> ModelInfo | None:
         else:
             cls, net = "PixArtTransformer2DModel", dict(net)
         # Every one of these has an 8x VAE (4 down blocks).
-        return ModelInfo(_spatial({"block_out_channels": [1, 1, 1, 1]}, net), cls, net, pipe_cls)
+        return ModelInfo(spatial_rule({"block_out_channels": [1, 1, 1, 1]}, net), cls, net, pipe_cls)
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return None
     return _hub_info(source, local_only=False)

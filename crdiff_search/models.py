@@ -131,13 +131,14 @@ def denoiser_of(pipe) -> torch.nn.Module:
 
 
 def spatial_factor(pipe) -> int:
-    """Image sides must be multiples of this (VAE downsampling times UNet depth or patch size)."""
-    vae_factor = int(getattr(pipe, "vae_scale_factor", 1) or 1)
-    net = denoiser_of(pipe)
-    cfg = net.config
-    if hasattr(cfg, "block_out_channels"):
-        return vae_factor * 2 ** (len(cfg.block_out_channels) - 1)
-    return vae_factor * int(getattr(cfg, "patch_size", 1) or 1)
+    """Image sides must be multiples of this: the rule ``crdiff search`` checks from the config
+    files (:func:`crdiff_search.model_info.spatial_rule`), applied to a loaded pipeline, so that
+    every command accepts the same resolutions."""
+    from crdiff_search.model_info import spatial_rule
+
+    vae = getattr(pipe, "vae", None)
+    vae_cfg = dict(vae.config) if vae is not None else None
+    return spatial_rule(vae_cfg, dict(denoiser_of(pipe).config))
 
 
 def generate_images(

@@ -77,6 +77,23 @@ def result_columns() -> tuple[str, ...]:
     return (*METRICS, *TIMINGS, *WORKER)
 
 
+def trial_run_name(index: int) -> str:
+    """The name a trial has in the terminal, Tune and MLflow: ``trial-0003`` (0-based index)."""
+    return f"trial-{int(index):04d}"
+
+
+def index_from_name(name: Any) -> int:
+    """The index in a :func:`trial_run_name` (-1 for any other name)."""
+    head, _, digits = str(name or "").partition("-")
+    return int(digits) if head == "trial" and digits.isdigit() else -1
+
+
+def tune_trial_name(trial) -> str:
+    """Tune's ``trial_name_creator``: trials are named by their index, as everywhere else."""
+    index = index_from_tag(getattr(trial, "experiment_tag", ""))
+    return trial_run_name(index) if index >= 0 else f"trial-{trial.trial_id}"
+
+
 def index_from_tag(tag: Any) -> int:
     """0-based creation order from Tune's experiment tag (``"3_down=0.1,..."``: the 1-based
     counter comes first); -1 when there is none."""

@@ -279,6 +279,7 @@ class Registry:
             number = int(version.version)
             self._advance_alias(name, res, number)
             self._call("finish export run", self.client.set_terminated, run_id, "FINISHED")
+            self._link_study_run(recipe, name, number)
         except BaseException:
             with contextlib.suppress(Exception):
                 self.client.set_terminated(run_id, "FAILED")
@@ -288,6 +289,16 @@ class Registry:
         )
         entry.recipe = recipe
         return entry
+
+    def _link_study_run(self, recipe: Recipe, name: str, number: int) -> None:
+        """Tag the study's run with the version it became (``crdiff.registered_model``), when
+        that run lives in this store; a study tracked elsewhere keeps no link."""
+        if not recipe.run_id:
+            return
+        with contextlib.suppress(Exception):
+            self.client.set_tag(
+                recipe.run_id, "crdiff.registered_model", f"models:/{name}/{number}"
+            )
 
     def _ensure_registered_model(self, name: str, key: str) -> None:
         if self._registered(key) is not None:

@@ -50,6 +50,10 @@ TRIAL_TAG = "crdiff.trial_id"
 KIND_TAG = "crdiff.kind"
 PARENT_TAG = "mlflow.parentRunId"
 DEFAULT_EXPERIMENT = "crdiff-search"
+# MLflow 3 opens an experiment in its GenAI view (traces) unless told it holds model runs
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+TRIAL_INDEX_TAG = "crdiff.trial_index"
 CONFIG_ARTIFACT = "experiment.toml"
 
 URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -400,6 +404,14 @@ class StudyTracker:
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self._call("restore experiment", self._client.restore_experiment, exp.experiment_id)
+            if (exp.tags or {}).get(EXPERIMENT_KIND_TAG) is None:
+                self._call(
+                    "tag experiment",
+                    self._client.set_experiment_tag,
+                    exp.experiment_id,
+                    EXPERIMENT_KIND_TAG,
+                    EXPERIMENT_KIND,
+                )
             return exp.experiment_id
         location = None
         if self.tracking_uri.startswith("sqlite:///"):
@@ -407,7 +419,11 @@ class StudyTracker:
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.experiment_name)
             location = str(db.parent / "mlruns" / safe)
         try:
-            return self._client.create_experiment(self.experiment_name, artifact_location=location)
+            return self._client.create_experiment(
+                self.experiment_name,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
         except Exception as exc:
             # Another process may have created it meanwhile.
             exp = self._call(
@@ -857,6 +873,10 @@ class StudyTracker:
             self._call("log image", self._client.log_image, run_id, image, artifact_file=artifact)
         self._call("end re-rank run", self._client.set_terminated, run_id, "FINISHED")
         return run_id
+
+    def log_file(self, run_id: str, path: str | os.PathLike, artifact_path: str | None = None):
+        """Upload a local file as an artifact of ``run_id`` (e.g. the study's trial table)."""
+        self._call("log artifact", self._client.log_artifact, run_id, str(path), artifact_path)
 
     # -- images ---------------------------------------------------------------------------
 

@@ -299,6 +299,22 @@ def test_resolution_must_divide_by_the_models_spatial_factor(tmp_path):
     assert "divisible by 8" in str(info.value) and "24x32" in str(info.value)
 
 
+@pytest.mark.parametrize("builder", ["tiny_sd_pipeline", "testbed"])
+def test_search_and_generate_accept_the_same_resolutions(builder, tmp_path):
+    """One rule for every command: the loaded pipeline's factor (generate, rerank) is the one
+    the config files give (search), so a searched resolution can always be generated."""
+    from crdiff_search import testing
+    from crdiff_search.models import load_pipeline, spatial_factor
+
+    if builder == "testbed":
+        pipe, source = load_pipeline("testbed"), "testbed"
+    else:
+        pipe = getattr(testing, builder)()
+        pipe.save_pretrained(tmp_path / "pipe")
+        source = str(tmp_path / "pipe")
+    assert spatial_factor(pipe) == model_info(source).spatial_factor
+
+
 def test_known_hub_ids_are_checked_without_the_network():
     info = model_info("stabilityai/stable-diffusion-xl-base-1.0")
     assert info is not None and info.spatial_factor == 8

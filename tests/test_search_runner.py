@@ -303,3 +303,40 @@ def test_failed_images_score_the_failure_value(ray_session, tiny_model, tmp_path
     assert [c["n"] for c in calls] == [2, 2, 1, 1, 2]
     # Trial 1's score: the mean of -2.0 and its second image's brightness (in [0, 1]).
     assert -1.0 <= table.loc[1, "score"] <= -0.5
+
+
+def test_mlflow_reads_as_mlflow_users_expect(ray_session, tiny_model, tmp_path):
+    """The classic runs view, trial runs named by index (tagged with it and Ray's id), the
+    study run's step metrics (step = trial index) and the trial table as an artifact."""
+    from mlflow.tracking import MlflowClient
+
+    from crdiff_search.runner import run_study
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "tracked"
+    config = tiny_config(
+        tiny_model, out, **{"search.trials": 4, "tracking": {"enabled": True, "uri": uri}}
+    )
+    result = run_study(config, out_dir=out, progress=False)
+    table = pd.read_parquet(result.table_path)
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(config.tracking_experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    trials = {
+        r.data.tags["crdiff.trial_id"]: r for r in runs if r.data.tags["crdiff.kind"] == "trial"
+    }
+    assert len(trials) == len(table) == 4
+    for row in table.to_dict("records"):
+        run = trials[row["trial_id"]]
+        assert run.info.run_name == f"trial-{row['trial_index']:04d}"
+        assert run.data.tags["crdiff.trial_index"] == str(row["trial_index"])
+    (study,) = [r for r in runs if r.data.tags["crdiff.kind"] == "study"]
+    scores = client.get_metric_history(study.info.run_id, "trial_score")
+    assert sorted(m.step for m in scores) == sorted(table["trial_index"])
+    by_step = {m.step: m.value for m in scores}
+    for row in table.to_dict("records"):
+        assert by_step[row["trial_index"]] == pytest.approx(row["score"])
+    best = client.get_metric_history(study.info.run_id, "best_so_far")
+    assert len(best) == 4 and max(m.value for m in best) == pytest.approx(table["score"].max())
+    assert "trials.parquet" in [a.path for a in client.list_artifacts(study.info.run_id)]

@@ -146,14 +146,18 @@ def rebuild_table(folder: StudyFolder, config: ExperimentConfig) -> int:
         found = [k[len(records.RATIO_PREFIX) :] for k in last if k.startswith(records.RATIO_PREFIX)]
         groups = groups or found
         # The trial counter: in the experiment tag when the result has it, else in Tune's
-        # folder name, where the tag follows the trial id (<trainable>_<id>_<tag>_<date>).
+        # folder name: trial-<index>_<tag>_<date> (named by index), or, from older studies,
+        # <trainable>_<id>_<tag>_<date> where the tag follows the trial id.
         trial_id = str(last.get("trial_id", trial_dir.name))
-        tag = last.get("experiment_tag") or trial_dir.name.partition(f"_{trial_id}_")[2]
+        index = records.index_from_name(trial_dir.name.split("_", 1)[0])
+        if last.get("experiment_tag") or index < 0:
+            tag = last.get("experiment_tag") or trial_dir.name.partition(f"_{trial_id}_")[2]
+            index = records.index_from_tag(tag)
         row = {k: last.get(k) for k in records.result_columns()}
         row.update({records.ratio_column(g): last.get(records.ratio_column(g)) for g in groups})
         row.update(
             trial_id=trial_id,
-            trial_index=records.index_from_tag(tag),
+            trial_index=index,
             state="COMPLETE",
             error="",
             sampler=config.search.sampler,
@@ -498,6 +502,7 @@ def run_study(
                     num_samples=study_budget(config),
                     max_concurrent_trials=config.search.concurrency,
                     reuse_actors=True,
+                    trial_name_creator=records.tune_trial_name,
                 ),
                 run_config=tune.RunConfig(
                     name=config.study,
@@ -536,7 +541,7 @@ def run_study(
             status = "KILLED"  # interrupted: --resume continues it
         if tracker is not None:
             _reconcile_tracking(tracker, tracking.parent_run_id, table_path, groups)
-            _finish_tracking(tracker, tracking.parent_run_id, result, status)
+            _finish_tracking(tracker, tracking.parent_run_id, result, status, table_path)
     return result
 
 
@@ -559,6 +564,11 @@ def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
             trial_id = str(row["trial_id"])
             if statuses.get(trial_id) == "FINISHED":
                 continue
+            index = row.get("trial_index")
+            named = records.is_number(index) and index >= 0
+            tags = {"crdiff.logged_by": "driver"}
+            if named:
+                tags["crdiff.trial_index"] = int(index)
             tracker.log_trial(
                 parent,
                 trial_id,
@@ -568,7 +578,8 @@ def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
                 metrics=records.mlflow_metrics(row),
                 timings=records.mlflow_timings(row),
                 state="COMPLETE",
-                tags={"crdiff.logged_by": "driver"},
+                tags=tags,
+                run_name=records.trial_run_name(index) if named else None,
             )
             written += 1
         return written
@@ -619,8 +630,12 @@ def summarize(
     )
 
 
-def _finish_tracking(tracker, parent: str, result: StudyResult, status: str) -> None:
+def _finish_tracking(
+    tracker, parent: str, result: StudyResult, status: str, table_path: Path | None = None
+) -> None:
     try:
+        if table_path is not None and table_path.is_file():
+            tracker.log_file(parent, table_path)
         if result.best_trial_id:
             tracker.log_best(parent, result.best_trial_id, result.best_score, result.best_ratios)
         metrics = {

@@ -200,6 +200,8 @@ class TrialTable(tune.Callback):
         self.write()
         self._mirror(row)
         self._report(row)
+        if row["state"] == "COMPLETE":
+            self._track_progress(row)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         row = self._row(trial)
@@ -233,21 +235,47 @@ class TrialTable(tune.Callback):
     def close(self) -> None:
         if self.display is not None:
             self.display.close()
+        if self._tracker is not None:
+            self._tracker.flush(timeout=30)
+
+    def _tracker_(self):
+        if self._tracker is None:
+            from crdiff_search.tracking import StudyTracker
+
+            self._tracker = StudyTracker(self.tracking.uri, self.tracking.experiment)
+        return self._tracker
+
+    def _track_progress(self, row: Mapping[str, Any]) -> None:
+        """The study run's charts: each trial's score and the best so far, step = trial index
+        (written on the tracker's background thread; a failure is a warning, never a lost
+        trial: the table is the record)."""
+        if not self.tracking or not records.is_number(row.get("score")):
+            return
+        index = int(row.get("trial_index") or 0)
+        best = self.best()
+        metrics = {"trial_score": float(row["score"])}
+        if best is not None and records.is_number(best.get("score")):
+            metrics["best_so_far"] = float(best["score"])
+        try:
+            tracker = self._tracker_()
+            tracker.submit(
+                tracker.log_study_metrics, self.tracking.parent_run_id, metrics, step=max(index, 0)
+            )
+        except Exception as exc:
+            print(f"warning: MLflow step metrics of trial {index}: {exc}", file=sys.stderr)
 
     def _track_failure(self, trial, row: Mapping[str, Any]) -> None:
         if not self.tracking:
             return
         try:
-            from crdiff_search.tracking import StudyTracker
-
-            if self._tracker is None:
-                self._tracker = StudyTracker(self.tracking.uri, self.tracking.experiment)
-            self._tracker.log_trial(
+            self._tracker_().log_trial(
                 self.tracking.parent_run_id,
                 trial.trial_id,
                 params={ratio_column(g): row[ratio_column(g)] for g in self.groups},
                 state="FAILED",
                 error=row["error"],
+                run_name=records.trial_run_name(row["trial_index"]),
+                tags={"crdiff.trial_index": int(row["trial_index"])},
             )
         except Exception as exc:  # the table row is the record that matters
             print(
