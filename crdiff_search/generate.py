@@ -110,7 +110,7 @@ def generate(
     steps: int | None = None,
     guidance: float | None = None,
     dtype: str = "float32",
-    device: str = "cpu",
+    device: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
 ) -> GenerationResult:
     """Generate one PNG per prompt (image ``i`` from seed ``seed + i``) into ``out``, plus

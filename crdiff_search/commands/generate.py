@@ -72,7 +72,11 @@ def register(subparsers) -> None:
         help="guidance scale (default: the recipe's, else the model's)",
     )
     parser.add_argument("--dtype", default="float32", help="float32 (default), float16, bfloat16")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps or auto")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (default: the first GPU if there is one, else cpu), cpu, cuda, cuda:N or mps",
+    )
     parser.set_defaults(func=_run)
 
 
