@@ -180,7 +180,13 @@ def generate(
         image.save(path)
         written.append(str(path))
     if compare:
-        compare_grid(columns, prompts).save(folder / "compare.png")
+        from crdiff_search.images import ratio_note
+
+        notes = {label: [ratio_note(found.ratios)] for label in columns if label != "dense"}
+        notes["dense"] = ["no pruning"]
+        compare_grid(
+            columns, prompts, title=f"{model} at {width}x{height}, recipe {source}", notes=notes
+        ).save(folder / "compare.png")
         written.append(str(folder / "compare.png"))
     if window is not None:
         window_used = list(window.to_list())

@@ -165,7 +165,9 @@ def model_info(source: str) -> ModelInfo | None:
         else:
             cls, net = "PixArtTransformer2DModel", dict(net)
         # Every one of these has an 8x VAE (4 down blocks).
-        return ModelInfo(spatial_rule({"block_out_channels": [1, 1, 1, 1]}, net), cls, net, pipe_cls)
+        return ModelInfo(
+            spatial_rule({"block_out_channels": [1, 1, 1, 1]}, net), cls, net, pipe_cls
+        )
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return None
     return _hub_info(source, local_only=False)

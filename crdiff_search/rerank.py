@@ -345,15 +345,27 @@ def rerank(
     if image_table is not None:
         image_table.to_parquet(folder / RERANK_IMAGES, index=False)
         files.append(str(folder / RERANK_IMAGES))
-    from crdiff_search.images import compare_grid
+    from crdiff_search.images import compare_grid, ratio_note
 
     poa_w = best["w"] if best["w"] != 1.0 else max(weights)
-    columns = {
-        "dense": images[("dense", None)],
-        "pruned": images[(best["trial_id"], 1.0)],
-        f"POA w={poa_w:g}": images[(best["trial_id"], poa_w)],
+    keys = {
+        "dense": ("dense", None),
+        "pruned": (best["trial_id"], 1.0),
+        f"POA w={poa_w:g}": (best["trial_id"], poa_w),
     }
-    grid = compare_grid(columns, prompts[: len(columns["dense"])])
+    columns = {label: images[key] for label, key in keys.items()}
+    ratio_text = ratio_note(by_trial[best["trial_id"]]["ratios"])
+    grid = compare_grid(
+        columns,
+        prompts[: len(columns["dense"])],
+        title=(
+            f"{config.study}: {config.model.source} at {config.resolution}, held-out prompts "
+            f"(trial {best['trial_id']})"
+        ),
+        notes={"dense": ["no pruning"], "pruned": [ratio_text], f"POA w={poa_w:g}": [ratio_text]},
+        scores={label: per_image.get(key) for label, key in keys.items()},
+        score_name=_objective_name(config),
+    )
     grid.save(folder / RERANK_GRID)
     files.append(str(folder / RERANK_GRID))
     info = {

@@ -234,7 +234,7 @@ def image_grid(
     """
     import textwrap
 
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     tiles = [_to_pil(im) for im in images]
     if not tiles:
@@ -247,12 +247,14 @@ def image_grid(
     tiles = [t.resize((tw, th), Image.NEAREST) if t.size != (tw, th) else t for t in tiles]
     ncols = ncols or math.ceil(math.sqrt(len(tiles)))
     nrows = math.ceil(len(tiles) / ncols)
-    font = ImageFont.load_default()
-    line_h = 12
-    chars = max(8, tw // 6)
+    from crdiff_search.images import legible_font
+
+    font = legible_font(13)
+    line_h = 16
+    chars = max(8, tw // 7)
     wrapped = [textwrap.wrap(str(c), chars)[:4] for c in captions] if captions else []
     cap_h = (max(len(lines) for lines in wrapped) * line_h + 4) if wrapped else 0
-    title_lines = textwrap.wrap(title, max(8, (tw * ncols) // 6)) if title else []
+    title_lines = textwrap.wrap(title, max(8, (tw * ncols) // 7)) if title else []
     top = len(title_lines) * line_h + (4 if title_lines else 0)
     pad = 2
     grid = Image.new(

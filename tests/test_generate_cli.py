@@ -57,15 +57,22 @@ def test_generate_from_file_with_compare_grid(model_dir, tmp_path, capsys):
     assert pngs == ["000-a-red-circle.png", "001-two-blue-squares.png", "compare.png"]
     assert Image.open(out / "000-a-red-circle.png").size == (16, 16)
     grid = Image.open(out / "compare.png")
-    # three 128-px columns (16 px tiles scaled x8) with 4-px gutters, two rows
-    assert grid.size == (3 * 132 + 4, 18 + 2 * (128 + 28 + 4))
-    tiles = [
-        np.asarray(grid.crop((4 + c * 132, 18, 4 + c * 132 + 128, 18 + 128))) for c in range(3)
+    # three 192-px columns (16 px tiles scaled x12) with 8-px gutters, two rows of tiles
+    assert grid.size[0] == 3 * (192 + 8) + 8
+    assert grid.size[1] > 2 * 192
+    # the first row of tiles sits under the title and the headers, at the same height in
+    # every column: find it from the POA column, which is the file written for prompt 0
+    pixels = np.asarray(grid)
+    poa = np.asarray(Image.open(out / "000-a-red-circle.png").resize((192, 192), Image.NEAREST))
+    x = [8 + c * 200 for c in range(3)]
+    rows = [
+        y
+        for y in range(pixels.shape[0] - 192)
+        if np.array_equal(pixels[y, x[2] : x[2] + 192], poa[0])
     ]
+    top = next(y for y in rows if np.array_equal(pixels[y : y + 192, x[2] : x[2] + 192], poa))
+    tiles = [pixels[top : top + 192, x0 : x0 + 192] for x0 in x]
     assert not np.array_equal(tiles[0], tiles[1]) and not np.array_equal(tiles[1], tiles[2])
-    # the POA column is the file written for prompt 0
-    poa = np.asarray(Image.open(out / "000-a-red-circle.png").resize((128, 128), Image.NEAREST))
-    assert np.array_equal(tiles[2], poa)
     meta = json.loads((out / "generation.json").read_text())
     assert meta["poa_w"] == 1.5 and meta["steps"] == 2 and meta["seeds"] == [0, 1]
     assert Recipe.load(out / "recipe.json") == _recipe(model_dir)
@@ -141,3 +148,31 @@ def test_generate_from_registry_nearest_and_strict(model_dir, tmp_path, capsys):
 def test_generate_rejects_bad_input_before_loading(argv, message, capsys):
     assert main(["generate", "--model", "nowhere", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compare_grid_headers_carry_scores_ratios_and_a_legible_font():
+    """The grid says what each column is (label, ratios, mean score), each image's score and
+    the prompt, in a scalable font; small images are enlarged without smoothing."""
+    import numpy as np
+    from PIL import Image, ImageFont
+
+    from crdiff_search.images import compare_grid, legible_font
+
+    assert isinstance(legible_font(14), ImageFont.FreeTypeFont)
+    rng = np.random.default_rng(0)
+    tile = Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8))
+    columns = {"dense": [tile, tile], "pruned": [tile, tile]}
+    plain = compare_grid(columns, ["a red cube", "two blue spheres"])
+    scored = compare_grid(
+        columns,
+        ["a red cube", "two blue spheres"],
+        title="testbed at 24x24",
+        notes={"pruned": ["down 0.90, mid 0.10, up 0.35"]},
+        scores={"dense": [0.5, 0.25], "pruned": [1.0, 0.5]},
+    )
+    assert scored.size[1] > plain.size[1]  # title, notes, score lines take room
+    assert plain.size[0] >= 2 * 192  # 24 px tiles enlarged to at least 192
+    # nearest neighbour: no colour that is not in the tile, except the text's greys
+    tile_colours = {tuple(c) for c in np.asarray(tile).reshape(-1, 3)}
+    seen = {tuple(c) for c in np.asarray(scored).reshape(-1, 3)}
+    assert {c for c in seen if len(set(c)) > 1} <= tile_colours
