@@ -45,6 +45,8 @@ except ImportError:
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
+from crdiff_search.names import DTYPES  # noqa: E402
+
 ARCHES = ("sd15", "sdxl", "dit", "tiny-sd", "tiny-sdxl", "tiny-dit")
 GIB = 1 << 30
 
@@ -156,7 +158,7 @@ file = "{folder / "heldout.txt"}"
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", choices=ARCHES, default="sd15")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--resolution", default="", help="default: the smallest accepted")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", default="", help="keep the work folder here")

@@ -103,7 +103,7 @@ def test_report_writes_markdown_html_pngs_and_tables(table, tmp_path):
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
         assert f"](figures/{name}.png)" in text
         with Image.open(io.BytesIO(data)) as img:
-            assert 200 < img.width <= 1000 and 150 < img.height <= 1000
+            assert 200 < img.width <= 1600 and 150 < img.height <= 1600
     assert "early_stopping" not in report.figures and "## Early stopping" not in text
     summary = pd.read_csv(report.tables["summary"])
     assert summary["method"].tolist() == list(MEANS)

@@ -141,3 +141,20 @@ def test_error_kinds_map_to_their_exit_codes(tmp_path, capsys):
                  "--recipe", "none", "--out", str(tmp_path / "o")]) == 4  # fmt: skip
     assert "cannot load model" in capsys.readouterr().err
     assert main([*args, "--recipe", "none", "--steps", "0"]) == 2
+
+
+def test_public_api_resolves_and_never_shadows_a_submodule():
+    """Every name dir(crdiff_search) lists loads, and none is also a submodule's name (after
+    ``import crdiff_search.<name>`` the module would replace the function, or the reverse)."""
+    import pkgutil
+
+    import crdiff_search
+
+    submodules = {m.name for m in pkgutil.iter_modules(crdiff_search.__path__)}
+    public = [n for n in dir(crdiff_search) if n != "__version__"]
+    assert not set(public) & submodules
+    for name in public:
+        assert getattr(crdiff_search, name) is not None
+    import crdiff_search.rerank as rerank_module
+
+    assert callable(rerank_module.rerank) and crdiff_search.rerank_study is rerank_module.rerank

@@ -28,7 +28,9 @@ def _restore():
 
 def test_compact_ratios_fit_their_width_and_name_the_largest():
     assert progress.compact_ratios({"down": 0.9, "mid": 0.1}) == "down=0.90 mid=0.10"
-    many = {f"up_blocks.{i}.attentions.{j}": 0.01 * (i * 10 + j) for i in range(4) for j in range(6)}
+    many = {
+        f"up_blocks.{i}.attentions.{j}": 0.01 * (i * 10 + j) for i in range(4) for j in range(6)
+    }
     text = progress.compact_ratios(many, 60)
     assert len(text) <= 60
     assert text.startswith("24 groups, mean ")
@@ -148,7 +150,7 @@ def test_the_package_lists_its_public_api_and_loads_it_lazily():
     code = (
         "import sys, crdiff_search as c; names = dir(c); "
         "assert 'torch' not in sys.modules and 'ray' not in sys.modules; "
-        "assert {'run_study', 'apply_recipe', 'load_experiment', 'rerank', 'Recipe'} <= set(names)"
+        "assert {'run_study', 'apply_recipe', 'load_experiment', 'rerank_study', 'Recipe'} <= set(names)"
         ", names; assert c.load_experiment(None).resolution == '24x24'; print(c.__version__)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
