@@ -353,7 +353,7 @@ def build_blocks(
     blocks += [
         _Heading("Summary"),
         _Text(
-            f"Final best {score_label} over seeds (median, quartiles, mean, extremes); "
+            f"Final best {score_label} over seeds (median, quartiles, mean, extremes). "
             f"The target is {fmt(target)}: {share:.0%} of the best improvement over the dense "
             "model that any study found. `median_vs_target`: the median final best minus the "
             "target (negative: the typical seed fell short, however close the rounded values "

@@ -45,7 +45,7 @@ except ImportError:
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from crdiff_search.names import DTYPES  # noqa: E402
+from crdiff_search.names import DTYPES, PRUNER_CACHE_MODES  # noqa: E402
 
 ARCHES = ("sd15", "sdxl", "dit", "tiny-sd", "tiny-sdxl", "tiny-dit")
 GIB = 1 << 30
@@ -115,7 +115,25 @@ def build(arch: str, dtype: torch.dtype):
     return build_pipeline(arch, dtype=dtype)
 
 
-def experiment(folder: Path, clip: Path, *, arch: str, resolution: str, dtype: str) -> str:
+def build_to(arch: str, dtype: torch.dtype, folder: Path) -> int:
+    """Build ``arch`` and save it to ``folder``; print its parameter counts as JSON."""
+    pipe = build(arch, dtype)
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    counts = {
+        "denoiser_params_m": round(sum(p.numel() for p in denoiser.parameters()) / 1e6, 1),
+        "pipeline_params_m": round(
+            sum(p.numel() for m in modules for p in m.parameters()) / 1e6, 1
+        ),
+    }
+    pipe.save_pretrained(folder, safe_serialization=True)
+    print(json.dumps(counts))
+    return 0
+
+
+def experiment(
+    folder: Path, clip: Path, *, arch: str, resolution: str, dtype: str, pruner_cache: str
+) -> str:
     prompt = "goldfish" if arch.endswith("dit") else "a red cube on a wooden table"
     return f"""version = 1
 study = "real-{arch}"
@@ -145,6 +163,7 @@ concurrency = 1
 
 [resources]
 cpu = 2
+pruner_cache = "{pruner_cache}"
 
 [rerank]
 after_search = false
@@ -160,32 +179,41 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", choices=ARCHES, default="sd15")
     parser.add_argument("--dtype", choices=DTYPES, default="float32")
     parser.add_argument("--resolution", default="", help="default: the smallest accepted")
+    parser.add_argument(
+        "--pruner-cache",
+        choices=PRUNER_CACHE_MODES,
+        default="auto",
+        help="the search's resources.pruner_cache (histogram: no sorted copy, for SDXL in 24 GB)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", default="", help="keep the work folder here")
+    parser.add_argument("--build-to", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.build_to:
+        return build_to(args.arch, getattr(torch, args.dtype), Path(args.build_to))
     from crdiff_search.model_info import model_info
     from crdiff_search.objectives import _tiny
 
-    dtype = getattr(torch, args.dtype)
     work = Path(args.keep or tempfile.mkdtemp(prefix="crdiff-real-"))
     work.mkdir(parents=True, exist_ok=True)
-    result: dict = {"arch": args.arch, "dtype": args.dtype, "threads": torch.get_num_threads()}
+    result: dict = {
+        "arch": args.arch,
+        "dtype": args.dtype,
+        "pruner_cache": args.pruner_cache,
+        "threads": torch.get_num_threads(),
+    }
     t0 = time.perf_counter()
-    pipe = build(args.arch, dtype)
-    denoiser = getattr(pipe, "unet", None) or pipe.transformer
-    result["denoiser_params_m"] = round(sum(p.numel() for p in denoiser.parameters()) / 1e6, 1)
-    result["pipeline_params_m"] = round(
-        sum(
-            sum(p.numel() for p in m.parameters())
-            for m in pipe.components.values()
-            if isinstance(m, torch.nn.Module)
-        )
-        / 1e6,
-        1,
-    )
     folder = work / "model"
-    pipe.save_pretrained(folder, safe_serialization=True)
-    del pipe, denoiser
+    # built and saved in a child process, so that its memory is back before the CLI runs
+    built = subprocess.run(
+        [sys.executable, __file__, "--arch", args.arch, "--dtype", args.dtype, "--build-to",
+         str(folder)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if built.returncode:
+        print(built.stderr[-3000:], file=sys.stderr)
+        return 1
+    result.update(json.loads(built.stdout.strip().splitlines()[-1]))
     result["build_and_save_s"] = round(time.perf_counter() - t0, 1)
     result["folder_gib"] = round(
         sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / GIB, 2
@@ -200,7 +228,14 @@ def main(argv=None) -> int:
     result["resolution"] = resolution
     path = work / "experiment.toml"
     path.write_text(
-        experiment(folder, clip, arch=args.arch, resolution=resolution, dtype=args.dtype)
+        experiment(
+            folder,
+            clip,
+            arch=args.arch,
+            resolution=resolution,
+            dtype=args.dtype,
+            pruner_cache=args.pruner_cache,
+        )
     )
     env = dict(os.environ, RAY_AUTH_MODE="disabled", PYTHONUNBUFFERED="1")
     cli = [sys.executable, "-m", "crdiff_search.cli"]

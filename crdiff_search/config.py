@@ -157,10 +157,18 @@ class SearchSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial worker holds (a GPU for real models)."""
+    """What one trial worker holds (a GPU for real models), and how its pruner spends memory:
+    ``pruner_cache`` and ``pruner_backup`` are :class:`~crdiff_search.pruning.Pruner`'s
+    ``cache`` and ``backup`` (``auto``: sorted scores and the backup in RAM on CPU; histogram
+    selection on a GPU, with the dense backup on it while the selected weights are at most
+    ``pruner_device_budget`` of the model, a share or a number of bytes, else in pinned host
+    memory)."""
 
     cpu: float = 1.0
     gpu: float = 0.0
+    pruner_cache: str = "auto"
+    pruner_backup: str = "auto"
+    pruner_device_budget: float = 0.25
 
 
 @dataclass(frozen=True)

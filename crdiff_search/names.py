@@ -50,3 +50,9 @@ def check_device(device: str) -> str:
     if isinstance(device, str) and (device in DEVICES or re.fullmatch(r"cuda:\d+", device)):
         return device
     raise UsageError(f"device {device!r} is not valid; valid: auto, cpu, cuda, cuda:N, mps")
+
+
+# the Pruner's memory layout (see crdiff_search.pruning.engine): how thresholds are found and
+# where the dense copy lives
+PRUNER_CACHE_MODES = ("auto", "sorted", "histogram", "none")
+PRUNER_BACKUP_MODES = ("auto", "device", "host")

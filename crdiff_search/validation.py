@@ -496,7 +496,24 @@ def _resources(raw: dict) -> Resources:
     gpu = _expect("resources.gpu", raw.get("gpu", 0.0), "float")
     if cpu <= 0 or gpu < 0:
         raise UsageError(f"resources: need cpu > 0 and gpu >= 0, got cpu={cpu}, gpu={gpu}")
-    return Resources(cpu=cpu, gpu=gpu)
+    from crdiff_search.names import PRUNER_BACKUP_MODES as BACKUP_MODES
+    from crdiff_search.names import PRUNER_CACHE_MODES as CACHE_MODES
+
+    layout = {}
+    for key, valid in (("pruner_cache", CACHE_MODES), ("pruner_backup", BACKUP_MODES)):
+        value = _expect(f"resources.{key}", raw.get(key, "auto"), "str")
+        if value not in valid:
+            raise UsageError(f"resources.{key} = {value!r} is not valid; valid: {', '.join(valid)}")
+        layout[key] = value
+    budget = _expect(
+        "resources.pruner_device_budget", raw.get("pruner_device_budget", 0.25), "float"
+    )
+    if budget < 0:
+        raise UsageError(
+            f"resources.pruner_device_budget = {budget} must be >= 0 (a share of the model's "
+            "bytes up to 1, or a number of bytes)"
+        )
+    return Resources(cpu=cpu, gpu=gpu, pruner_device_budget=budget, **layout)
 
 
 def _tracking(raw: dict) -> TrackingSpec:

@@ -181,6 +181,9 @@ def test_seed_list_and_chunks():
         ("version = 2", ["version", "valid: 1"]),
         ('plugins = ["no_such_module_xyz"]', ["plugins[0]", "no_such_module_xyz"]),
         ("[resources]\ngpu = -1", ["resources", "gpu >= 0"]),
+        ('[resources]\npruner_cache = "lru"', ["resources.pruner_cache", "'lru'", "histogram"]),
+        ('[resources]\npruner_backup = "gpu"', ["resources.pruner_backup", "device, host"]),
+        ("[resources]\npruner_device_budget = -1", ["pruner_device_budget", ">= 0"]),
         ('[partition]\ncriterion = "taylor"', ["partition.criterion", "'taylor'", "magnitude"]),
         ("[rerank]\ntop_k = 0", ["rerank.top_k", ">= 1"]),
         ("[rerank]\nweights = [1.0, -1.5]", ["rerank.weights", "-1.5", "w >= 0"]),
@@ -536,3 +539,23 @@ def test_failed_image_score_round_trips_and_criterion_defaults_to_auto():
     assert cfg.objective.failed_image_score == -2.0 and cfg.partition.criterion == "auto"
     assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
     assert "failed_image_score" not in ExperimentConfig.from_dict({}).to_dict()["objective"]
+
+
+def test_the_pruner_layout_reaches_the_worker(tmp_path):
+    """[resources] pruner_* choose the worker's Pruner layout (memory on a GPU, RAM on CPU)."""
+    from crdiff_search.runner import worker
+    from crdiff_search.runner.spec import WorkerSpec
+
+    path = write(
+        tmp_path,
+        '[resources]\npruner_cache = "histogram"\npruner_backup = "host"\n'
+        "pruner_device_budget = 0.5\n",
+    )
+    config = load_experiment(path)
+    spec = WorkerSpec.from_config(config, prompts=["one red cube"], seeds=[0])
+    assert spec.pruner == {"cache": "histogram", "backup": "host", "device_budget": 0.5}
+    default = WorkerSpec.from_config(load_experiment(None), prompts=["a"], seeds=[0])
+    assert spec.load_key() != default.load_key()  # another layout is another loaded state
+    state, loaded = worker.worker_state(spec)
+    assert loaded and (state.pruner.cache, state.pruner.backup) == ("histogram", "host")
+    assert state.pruner.host_backup

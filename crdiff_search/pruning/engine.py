@@ -40,13 +40,14 @@ import torch
 from torch import nn
 
 from crdiff_search.errors import UsageError
+from crdiff_search.names import PRUNER_BACKUP_MODES, PRUNER_CACHE_MODES
 from crdiff_search.pruning.criteria import Criterion, create_criterion, resolve_criterion
 from crdiff_search.pruning.ratios import validate_ratios
 from crdiff_search.pruning.select import SUPPORTED as HISTOGRAM_DTYPES
 from crdiff_search.pruning.select import BitHistogram
 
-CACHE_MODES = ("auto", "sorted", "histogram", "none")
-BACKUP_MODES = ("auto", "device", "host")
+CACHE_MODES = PRUNER_CACHE_MODES
+BACKUP_MODES = PRUNER_BACKUP_MODES
 # backup="auto" on an accelerator: the dense copy stays there while the selected weights are at
 # most this share of the model's bytes (SD1.5's paper partition: 0.23; SDXL's: 0.64)
 DEVICE_BUDGET = 0.25

@@ -46,6 +46,8 @@ class WorkerSpec:
     seed: int
     terms: tuple[Term, ...]  # the objective: a weighted sum, relative terms included
     mode: str  # "max" or "min"
+    # the pruner's memory layout (see Resources)
+    pruner: Mapping[str, Any] = field(default_factory=dict)
     failed_image_score: float | None = None  # see ObjectiveSpec.failed_image_score
     plugins: tuple[str, ...] = ()
     plugin_paths: tuple[str, ...] = ()
@@ -82,6 +84,11 @@ class WorkerSpec:
             partition=config.partition.spec,
             criterion=config.partition.criterion,
             seed=config.search.seed,
+            pruner={
+                "cache": config.resources.pruner_cache,
+                "backup": config.resources.pruner_backup,
+                "device_budget": config.resources.pruner_device_budget,
+            },
             terms=objective_terms(config.objective),
             mode=config.objective.mode,
             failed_image_score=config.objective.failed_image_score,
@@ -107,6 +114,7 @@ class WorkerSpec:
             "scheduler": self.scheduler,
             "partition": self.partition.to_dict(),
             "criterion": self.criterion,
+            "pruner": dict(self.pruner),
             "seed": self.seed,
             "terms": [dataclasses.asdict(t) for t in self.terms],
             "plugins": list(self.plugins),

@@ -125,7 +125,7 @@ def _load(spec: WorkerSpec) -> WorkerState:
     _swap_scheduler(pipe, spec.scheduler)
     denoiser = denoiser_of(pipe)
     partition = spec.partition.build(denoiser)
-    pruner = Pruner(denoiser, partition, criterion=spec.criterion, seed=spec.seed)
+    pruner = Pruner(denoiser, partition, criterion=spec.criterion, seed=spec.seed, **spec.pruner)
     params = dict(denoiser.named_parameters())
     sizes = {
         g: int(sum(params[n].numel() for n in names if n in params))
