@@ -47,6 +47,14 @@ def register(subparsers) -> None:
         action="store_true",
         help="skip the held-out verdict that rerank.after_search asks for",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any experiment field by dotted path, e.g. prompts.count=8 (repeatable; VALUE read "
+        "as TOML, else as a string)",
+    )
     parser.set_defaults(func=_search)
 
 
@@ -68,6 +76,9 @@ def _search(args: argparse.Namespace) -> int:
     }
     if args.no_tracking:
         overrides["tracking.enabled"] = False
+    from crdiff_search.config import parse_assignments
+
+    overrides.update(parse_assignments(args.set, flag="--set"))
     if args.resume and args.experiment is None:
         # The study folder has its experiment: nothing needs retyping; a flag given must agree.
         from crdiff_search.runner.study import check_resumable
