@@ -246,21 +246,32 @@ class TrialTable(tune.Callback):
         return self._tracker
 
     def _track_progress(self, row: Mapping[str, Any]) -> None:
-        """The study run's charts: each trial's score and the best so far, step = trial index
-        (written on the tracker's background thread; a failure is a warning, never a lost
-        trial: the table is the record)."""
+        """The study run's charts: ``trial_score`` at step = the trial's index, and
+        ``best_so_far`` at step = the number of trials completed (trials finish out of index
+        order when several run at once: by completions the curve only rises). Written on the
+        tracker's background thread; a failure is a warning, never a lost trial: the table is
+        the record."""
         if not self.tracking or not records.is_number(row.get("score")):
             return
         index = int(row.get("trial_index") or 0)
         best = self.best()
-        metrics = {"trial_score": float(row["score"])}
-        if best is not None and records.is_number(best.get("score")):
-            metrics["best_so_far"] = float(best["score"])
+        completed = sum(1 for r in self.rows.values() if r.get("state") == "COMPLETE")
         try:
             tracker = self._tracker_()
+            parent = self.tracking.parent_run_id
             tracker.submit(
-                tracker.log_study_metrics, self.tracking.parent_run_id, metrics, step=max(index, 0)
+                tracker.log_study_metrics,
+                parent,
+                {"trial_score": float(row["score"])},
+                step=max(index, 0),
             )
+            if best is not None and records.is_number(best.get("score")):
+                tracker.submit(
+                    tracker.log_study_metrics,
+                    parent,
+                    {"best_so_far": float(best["score"])},
+                    step=completed,
+                )
         except Exception as exc:
             print(f"warning: MLflow step metrics of trial {index}: {exc}", file=sys.stderr)
 
