@@ -49,6 +49,7 @@ from crdiff_search.names import DTYPES, PRUNER_CACHE_MODES  # noqa: E402
 
 ARCHES = ("sd15", "sdxl", "dit", "tiny-sd", "tiny-sdxl", "tiny-dit")
 GIB = 1 << 30
+DIT_LABELS = {0: "tench, Tinca tinca", 1: "goldfish, Carassius auratus", 2: "great white shark"}
 
 
 def tree_rss(pid: int) -> int:
@@ -109,8 +110,7 @@ def build(arch: str, dtype: torch.dtype):
             vae = AutoencoderKL(**_VAE_CONFIG)
         else:
             transformer, vae = tiny_dit(seed=0), AutoencoderKL(**_TINY_VAE)
-        labels = {0: "tench", 1: "goldfish", 2: "great white shark", 3: "tiger shark"}
-        pipe = DiTPipeline(transformer.eval(), vae.eval(), DDIMScheduler(), id2label=labels)
+        pipe = DiTPipeline(transformer.eval(), vae.eval(), DDIMScheduler(), id2label=DIT_LABELS)
         return pipe.to(dtype=dtype)
     return build_pipeline(arch, dtype=dtype)
 
@@ -127,6 +127,10 @@ def build_to(arch: str, dtype: torch.dtype, folder: Path) -> int:
         ),
     }
     pipe.save_pretrained(folder, safe_serialization=True)
+    if arch.endswith("dit"):  # save_pretrained drops id2label; published DiT folders have it
+        index = json.loads((folder / "model_index.json").read_text())
+        index["id2label"] = {str(k): v for k, v in DIT_LABELS.items()}
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     print(json.dumps(counts))
     return 0
 
@@ -218,7 +222,7 @@ def main(argv=None) -> int:
     result["folder_gib"] = round(
         sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / GIB, 2
     )
-    held_out = "goldfish" if args.arch.endswith("dit") else "two blue spheres in the snow"
+    held_out = "great white shark" if args.arch.endswith("dit") else "two blue spheres in the snow"
     (folder / "heldout.txt").write_text(held_out + "\n")
     clip = work / "ViT-L-14-random.safetensors"
     if not clip.exists():

@@ -221,6 +221,7 @@ def _safe(text: str) -> str:
 def plan_grid(grid: Grid) -> list[StudyPlan]:
     """Load and validate every study of the grid (no Ray involved) and derive its job."""
     from crdiff_search.config import check_heldout, load_experiment
+    from crdiff_search.model_info import check_class_labels, model_info
     from crdiff_search.runner.study import build_sampler, study_budget
 
     plans: list[StudyPlan] = []
@@ -250,6 +251,9 @@ def plan_grid(grid: Grid) -> list[StudyPlan]:
             cfg = cfg.replace(**changes)
             check_heldout(cfg)
             build_sampler(cfg)  # option values, before any job is submitted
+            info = model_info(cfg.model.source)
+            if info is not None:
+                check_class_labels(cfg, info)  # a DiT's prompts are its class names
         except UsageError as exc:
             raise _grid_error(grid.path, f"{where}: {exc}") from None
         if name in seen:

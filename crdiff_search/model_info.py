@@ -27,6 +27,9 @@ class ModelInfo:
     denoiser_class: str  # e.g. "UNet2DConditionModel"
     denoiser_config: dict
     pipeline_class: str = ""
+    # a class-conditional pipeline's prompts are class labels (DiT: model_index.json's id2label,
+    # each value a comma-separated list of names); None when unknown or not class-conditional
+    class_labels: frozenset[str] | None = None
 
 
 # Published denoiser configs of the paper's models, used when a hub id is not in the local cache.
@@ -150,6 +153,7 @@ def model_info(source: str) -> ModelInfo | None:
             net.get("_class_name", ""),
             net,
             index.get("_class_name", ""),
+            _class_labels(index),
         )
     # The local Hugging Face cache first, then the published configs of known models; the
     # network only for other hub ids (config files only, never weights).
@@ -245,6 +249,45 @@ def valid_neighbours(width: int, height: int, factor: int) -> list[str]:
         return [s for s in (low, low + factor) if s >= factor]
 
     return [f"{w}x{h}" for w in sides(width) for h in sides(height)]
+
+
+def _class_labels(index: dict) -> frozenset[str] | None:
+    """The names a DiT pipeline maps to class ids, as ``DiTPipeline`` reads them."""
+    if index.get("_class_name") != "DiTPipeline":
+        return None
+    names = index.get("id2label") or {}
+    return frozenset(
+        part.strip() for value in names.values() for part in str(value).split(",") if part.strip()
+    )
+
+
+def check_class_labels(config: ExperimentConfig, info: ModelInfo) -> None:
+    """A class-conditional model's prompts (search and held-out) must be its class labels:
+    refused here, before Ray starts, rather than by every trial."""
+    if info.class_labels is None:
+        return
+    source = config.model.source
+    if not info.class_labels:
+        raise UsageError(
+            f"{source!r} is a DiTPipeline without class labels (model_index.json has no "
+            "id2label): its prompts cannot be mapped to classes. Add id2label ({class id: "
+            "'name, other name'}) to model_index.json, as the published DiT folders have it"
+        )
+    prompts = list(config.prompt_list())
+    where = {p: "prompts" for p in prompts}
+    if config.rerank.after_search and config.rerank.file:
+        from crdiff_search.config import read_prompt_file
+
+        for p in read_prompt_file(config.rerank.file, "rerank.file"):
+            where.setdefault(p, "rerank.file")
+    bad = [p for p in where if p not in info.class_labels]
+    if bad:
+        examples = ", ".join(repr(n) for n in sorted(info.class_labels)[:5])
+        raise UsageError(
+            f"{where[bad[0]]}: {bad[0]!r} is not a class label of {source!r} (a DiTPipeline "
+            f"takes class names as prompts); {len(bad)} prompt(s) are not; valid e.g. {examples} "
+            f"({len(info.class_labels)} names)"
+        )
 
 
 def check_model(config: ExperimentConfig) -> ModelInfo | None:

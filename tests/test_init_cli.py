@@ -88,6 +88,11 @@ def saved_pipelines(tmp_path_factory):
         transformer=tiny_dit(seed=1), vae=sd.vae, scheduler=DDIMScheduler(), id2label={0: "cat"}
     )
     dit.save_pretrained(root / "tiny-dit")
+    # save_pretrained drops id2label; published DiT folders keep it in model_index.json
+    index_path = root / "tiny-dit" / "model_index.json"
+    index = json.loads(index_path.read_text())
+    index["id2label"] = {str(i): f"object {i}, thing {i}" for i in range(60)}
+    index_path.write_text(json.dumps(index))
     return {"sd": (root / "tiny-sd", sd.unet), "dit": (root / "tiny-dit", dit.transformer)}
 
 
@@ -128,8 +133,9 @@ def test_a_saved_pipeline_gets_its_own_groups_and_defaults(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(prompts) in err and "holds no prompts" in err
     # filled, the file passes the search's own checks and plans the same groups
+    label = "object {i}" if kind == "dit" else "a photo of object {i}"  # DiT: class names
     with prompts.open("a") as f:
-        f.write("\n".join(f"a photo of object {i}" for i in range(40)) + "\n")
+        f.write("\n".join(label.format(i=i) for i in range(40)) + "\n")
     capsys.readouterr()
     assert main(["search", "study.toml", "--dry-run", "--no-tracking"]) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -195,3 +201,35 @@ def test_every_objective_writes_a_valid_file_saying_where_its_weights_are(
     config = load_experiment(out)
     assert config.objective.names == (objective,)
     assert hint.split()[0] in out.read_text()
+
+
+def test_dit_prompts_must_be_class_labels_before_ray_starts(saved_pipelines, tmp_path, capsys):
+    """A class-conditional model maps each prompt to a class id: a prompt that is no label (or
+    a folder without id2label) is refused by the checks, not by every trial."""
+    folder, _ = saved_pipelines["dit"]
+    study = tmp_path / "dit.toml"
+    base = f'''resolution = "32x32"
+[model]
+source = "{folder}"
+[prompts]
+items = ["object 3", "thing 7", "a goldfish"]
+[rerank]
+after_search = false
+'''
+    study.write_text(base)
+    assert main(["search", str(study), "--dry-run", "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "'a goldfish' is not a class label" in err and "'object 0'" in err
+    study.write_text(base.replace(', "a goldfish"', ""))
+    assert main(["search", str(study), "--dry-run", "--no-tracking"]) == 0
+    capsys.readouterr()
+    bare = tmp_path / "bare-dit"
+    import shutil
+
+    shutil.copytree(folder, bare)
+    index = json.loads((bare / "model_index.json").read_text())
+    del index["id2label"]
+    (bare / "model_index.json").write_text(json.dumps(index))
+    study.write_text(base.replace(str(folder), str(bare)))
+    assert main(["search", str(study), "--dry-run", "--no-tracking"]) == 2
+    assert "without class labels" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from typing import Any
 from crdiff_search import records
 from crdiff_search.config import ExperimentConfig
 from crdiff_search.errors import UsageError
-from crdiff_search.model_info import check_model, group_names
+from crdiff_search.model_info import check_class_labels, check_model, group_names
 from crdiff_search.runner.spec import TrackingTarget, WorkerSpec
 from crdiff_search.study_folder import CONFIG_FILE, RESULTS_FOLDER, TABLE_FILE, StudyFolder
 
@@ -356,6 +356,7 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
         raise UsageError(
             f"the {config.partition.granularity!r} partition of the model has no groups"
         )
+    check_class_labels(config, info)  # a DiT's prompts are its class names
     build_sampler(config)  # its option values, checked before Ray starts
     from crdiff_search.objectives import check_options
     from crdiff_search.runner.spec import objective_terms
