@@ -62,7 +62,7 @@ class _Pool:
     numel: int
     dtype: torch.dtype
     sorted_scores: torch.Tensor | None = None
-    histogram: object | None = None  # a _Histogram with cache="histogram"
+    histogram: BitHistogram | None = None  # with cache="histogram"
 
 
 class Pruner:
@@ -80,9 +80,13 @@ class Pruner:
 
     ``model`` is the denoiser (or a pipeline holding one); ``partition`` a
     :class:`search_spaces.Partition` of it (or a granularity name). Build the Pruner after moving
-    or casting the model: both copies live on the model's device, in its dtype. With
-    ``swap=True`` the selected parameters alternate between two storages (the parameter objects
-    stay the same); pass ``swap=False`` when something captured their storage (CUDA graphs).
+    or casting the model: the dense copy lives on the model's device (``backup="device"``) or in
+    pinned host memory (``backup="host"``), in the model's dtype. With ``swap=True`` the selected
+    parameters alternate between two storages (the parameter objects stay the same); pass
+    ``swap=False`` when something captured their storage (CUDA graphs); the host backup always
+    prunes in place. ``cache`` picks how thresholds are found (``sorted``, ``histogram``,
+    ``none``: ``kthvalue`` per new ratio); ``device_budget`` (a share of the model's bytes, or
+    bytes when above 1) decides ``backup="auto"`` on an accelerator. See the module docstring.
     """
 
     def __init__(
