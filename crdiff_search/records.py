@@ -94,6 +94,11 @@ def tune_trial_name(trial) -> str:
     return trial_run_name(index) if index >= 0 else f"trial-{trial.trial_id}"
 
 
+def tune_trial_dirname(trial) -> str:
+    """Tune's ``trial_dirname_creator``: ``trial-0003_<Ray trial id>``, findable by either."""
+    return f"{tune_trial_name(trial)}_{trial.trial_id}"
+
+
 def index_from_tag(tag: Any) -> int:
     """0-based creation order from Tune's experiment tag (``"3_down=0.1,..."``: the 1-based
     counter comes first); -1 when there is none."""

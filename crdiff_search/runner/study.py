@@ -146,7 +146,7 @@ def rebuild_table(folder: StudyFolder, config: ExperimentConfig) -> int:
         found = [k[len(records.RATIO_PREFIX) :] for k in last if k.startswith(records.RATIO_PREFIX)]
         groups = groups or found
         # The trial counter: in the experiment tag when the result has it, else in Tune's
-        # folder name: trial-<index>_<tag>_<date> (named by index), or, from older studies,
+        # folder name: trial-<index>_<id> (named by index), or, from older studies,
         # <trainable>_<id>_<tag>_<date> where the tag follows the trial id.
         trial_id = str(last.get("trial_id", trial_dir.name))
         index = records.index_from_name(trial_dir.name.split("_", 1)[0])
@@ -504,6 +504,7 @@ def run_study(
                     max_concurrent_trials=config.search.concurrency,
                     reuse_actors=True,
                     trial_name_creator=records.tune_trial_name,
+                    trial_dirname_creator=records.tune_trial_dirname,
                 ),
                 run_config=tune.RunConfig(
                     name=config.study,
