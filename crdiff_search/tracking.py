@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from crdiff_search import records
 from crdiff_search.errors import CrdiffError, UsageError
 from crdiff_search.version import code_info
 
@@ -727,16 +728,22 @@ class StudyTracker:
         step: int = 0,
         tags: Mapping[str, Any] | None = None,
         run_name: str | None = None,
+        index: int | None = None,
     ) -> str:
         """Create or update the child run of ``trial_id`` under the study run.
 
         ``params`` (e.g. the ratios), ``metrics`` (score, score_delta, sparsity, ...) and
         ``timings`` (seconds; logged as metrics ``t_<name>``) are recorded; ``images`` become
         ``images/samples.png``. ``state`` (COMPLETE, FAILED, PRUNED or RUNNING) sets the run
-        status; ``error`` is kept as the tag ``crdiff.error``. Logging the same trial again
-        updates that run: it never creates a second one.
+        status; ``error`` is kept as the tag ``crdiff.error``. ``index`` (the trial's 0-based
+        index; ignored when negative) names a new run ``trial-0003``, as the terminal does, and
+        is kept as the tag ``crdiff.trial_index``. Logging the same trial again updates that
+        run: it never creates a second one.
         """
         trial_id = str(trial_id)
+        named = index is not None and index >= 0
+        if named:
+            run_name = run_name or records.trial_run_name(index)
         run_status = _status(state, TRIAL_STATES)
         if parent_run_id not in self._children:
             self.trial_runs(parent_run_id)
@@ -768,6 +775,8 @@ class StudyTracker:
             fresh = run_id == run.info.run_id
         known[trial_id] = run_id
         extra_tags = {"crdiff.state": str(state).upper(), **dict(tags or {})}
+        if named:
+            extra_tags[TRIAL_INDEX_TAG] = int(index)
         if error:
             extra_tags["crdiff.error"] = str(error)
         items = list(_metric_items(metrics))

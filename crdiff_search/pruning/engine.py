@@ -341,13 +341,11 @@ class Pruner:
             if p.sorted_scores is not None
         )
         histograms = sum(p.histogram.nbytes for p in self._pools if p.histogram is not None)
-        on_device = 0 if self.host_backup else backup
-        for pool in self._pools:
-            if pool.sorted_scores is not None and pool.sorted_scores.device == self.device:
-                on_device += pool.sorted_scores.numel() * pool.sorted_scores.element_size()
         total = backup + cache + histograms
         if self.device.type == "cpu":
             on_device = total
+        else:  # the sorted scores live where the backup does; the histograms on the host
+            on_device = 0 if self.host_backup else backup + cache
         return {
             "backup": backup,
             "sorted_cache": cache,
@@ -380,13 +378,16 @@ class Pruner:
             return dense
         return dense.to(self.device, non_blocking=True)
 
+    def _tensor_score(self, pool: _Pool, name: str, dense: torch.Tensor) -> torch.Tensor:
+        """One tensor's scores: 1-D, on the model's device, in the pool's dtype."""
+        out = torch.empty(dense.numel(), dtype=pool.dtype, device=self.device)
+        self.criterion.scores_into(name, dense, out)
+        return out
+
     def _tensor_scores(self, pool: _Pool) -> Iterator[torch.Tensor]:
-        """The pool's scores tensor by tensor (1-D, on the model's device, in the pool's dtype)."""
+        """The pool's scores tensor by tensor (one tensor's transient at a time)."""
         for name in pool.names:
-            dense = self._dense_on_device(name)
-            out = torch.empty(dense.numel(), dtype=pool.dtype, device=self.device)
-            self.criterion.scores_into(name, dense, out)
-            yield out
+            yield self._tensor_score(pool, name, self._dense_on_device(name))
 
     def _histogram(self, pool: _Pool) -> BitHistogram | None:
         if pool.dtype not in HISTOGRAM_DTYPES:
@@ -412,14 +413,13 @@ class Pruner:
         device = self._dense[pool.names[0]].device
         buf = torch.empty(pool.numel, dtype=pool.dtype, device=device)
         offset = 0
-        if device != self.device:
-            for scores in self._tensor_scores(pool):
-                buf[offset : offset + scores.numel()].copy_(scores)
-                offset += scores.numel()
-            return buf
         for name in pool.names:
-            dense = self._dense[name]
-            self.criterion.scores_into(name, dense, buf[offset : offset + dense.numel()])
+            dense = self._dense_on_device(name)
+            part = buf[offset : offset + dense.numel()]
+            if device == self.device:
+                self.criterion.scores_into(name, dense, part)  # straight into the buffer
+            else:  # scored where the model is (random scores depend on it), kept on the host
+                part.copy_(self._tensor_score(pool, name, dense))
             offset += dense.numel()
         return buf
 

@@ -26,7 +26,6 @@ import torch
 BINS = 1 << 16
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 SUPPORTED = (*SIXTEEN_BIT, torch.float32)
-_NP_VIEW = {torch.float16: np.float16, torch.float32: np.float32}
 
 
 def _keys16(bits: torch.Tensor) -> torch.Tensor:
@@ -44,12 +43,10 @@ def order_keys(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]
     if flat.dtype != torch.float32:
         raise TypeError(f"histogram selection takes fp16, bf16 or fp32 scores, not {flat.dtype}")
     bits = flat.view(torch.int32)
-    negative = bits < 0
     hi = (bits >> 16) & 0xFFFF
     lo = bits & 0xFFFF
-    hi_key = torch.where(negative, 0xFFFF - hi, hi | 0x8000)
-    lo_key = torch.where(negative, 0xFFFF - lo, lo)
-    return hi_key, lo_key
+    # a negative float's low half is complemented too, so that (hi, lo) orders like the value
+    return _keys16(hi), torch.where(bits < 0, 0xFFFF - lo, lo)
 
 
 def _value(dtype: torch.dtype, hi_key: int, lo_key: int | None) -> torch.Tensor:
@@ -57,13 +54,11 @@ def _value(dtype: torch.dtype, hi_key: int, lo_key: int | None) -> torch.Tensor:
     positive = bool(hi_key & 0x8000)
     hi = hi_key & 0x7FFF if positive else 0xFFFF - hi_key
     if lo_key is None:
-        bits = np.array([hi], dtype=np.uint16)
-        if dtype == torch.bfloat16:
-            return torch.from_numpy(bits.view(np.int16).copy()).view(torch.bfloat16)[0]
-        return torch.from_numpy(bits.view(np.float16).copy())[0]
-    lo = lo_key if positive else 0xFFFF - lo_key
-    bits = np.array([(hi << 16) | lo], dtype=np.uint32)
-    return torch.from_numpy(bits.view(np.float32).copy())[0]
+        bits = np.array([hi], dtype=np.uint16).view(np.int16)
+    else:
+        lo = lo_key if positive else 0xFFFF - lo_key
+        bits = np.array([(hi << 16) | lo], dtype=np.uint32).view(np.int32)
+    return torch.from_numpy(bits.copy()).view(dtype)[0]
 
 
 def _first_reaching(counts: np.ndarray, k: int) -> tuple[int, int]:

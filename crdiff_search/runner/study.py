@@ -567,10 +567,6 @@ def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
             if statuses.get(trial_id) == "FINISHED":
                 continue
             index = row.get("trial_index")
-            named = records.is_number(index) and index >= 0
-            tags = {"crdiff.logged_by": "driver"}
-            if named:
-                tags["crdiff.trial_index"] = int(index)
             tracker.log_trial(
                 parent,
                 trial_id,
@@ -580,8 +576,8 @@ def _reconcile_tracking(tracker, parent: str, table_path: Path, groups) -> int:
                 metrics=records.mlflow_metrics(row),
                 timings=records.mlflow_timings(row),
                 state="COMPLETE",
-                tags=tags,
-                run_name=records.trial_run_name(index) if named else None,
+                tags={"crdiff.logged_by": "driver"},
+                index=int(index) if records.is_number(index) else None,
             )
             written += 1
         return written

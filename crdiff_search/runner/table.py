@@ -285,8 +285,7 @@ class TrialTable(tune.Callback):
                 params={ratio_column(g): row[ratio_column(g)] for g in self.groups},
                 state="FAILED",
                 error=row["error"],
-                run_name=records.trial_run_name(row["trial_index"]),
-                tags={"crdiff.trial_index": int(row["trial_index"])},
+                index=int(row["trial_index"]),
             )
         except Exception as exc:  # the table row is the record that matters
             print(

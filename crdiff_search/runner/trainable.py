@@ -295,12 +295,10 @@ class PruningTrainable(tune.Trainable):
             timings = records.mlflow_timings(metrics)
             run_metrics = records.mlflow_metrics(metrics)
             captions = list(self._spec.prompts[: len(self._images)])
-            index = records.index_from_name(self.trial_name)
             self._tracker.log_trial_async(
                 tracking.parent_run_id,
                 self.trial_id,
-                run_name=self.trial_name if index >= 0 else None,
-                tags={"crdiff.trial_index": index} if index >= 0 else None,
+                index=records.index_from_name(self.trial_name),
                 params={records.ratio_column(g): r for g, r in self._ratios.items()},
                 metrics=run_metrics,
                 timings=timings,
