@@ -64,8 +64,16 @@ def bake(
         raise UsageError(f"{folder} exists and is not empty: pass --overwrite or another --out")
     if recipe in (None, "none"):
         raise UsageError("bake needs a recipe (a JSON file or 'registry'), not 'none'")
-    target = resolution if recipe == "registry" else resolution or _recipe_resolution(recipe)
-    found, source = resolve_recipe(model, target, recipe, registry=registry, warn=warn)
+    if recipe == "registry":
+        found, source = resolve_recipe(model, resolution, recipe, registry=registry, warn=warn)
+    else:  # read once; resolve_recipe warns when a given resolution is not the recipe's
+        from crdiff_search.recipe import Recipe
+
+        given = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+        found, source = resolve_recipe(
+            model, resolution or given.resolution, given, registry=registry, warn=warn
+        )
+        source = source if isinstance(recipe, Recipe) else str(recipe)
     pipe = load_pipeline(model, dtype=dtype, device="cpu")
     if type(pipe).__module__.split(".")[0] != "diffusers":
         raise UsageError(
@@ -103,10 +111,3 @@ def bake(
             "cannot apply"
         )
     return BakeResult(folder, found, source, dropped)
-
-
-def _recipe_resolution(recipe) -> tuple[int, int]:
-    from crdiff_search.recipe import Recipe
-
-    found = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
-    return found.resolution
