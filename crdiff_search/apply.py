@@ -25,12 +25,14 @@ from crdiff_search.recipe import Recipe
 @dataclass
 class AppliedRecipe:
     """What :func:`apply_recipe` yields: the recipe, the pruner and the amplifier in effect
-    (``None`` when the effective weight is 1.0, i.e. plain pruning)."""
+    (``None`` when the effective weight is 1.0, i.e. plain pruning), and the attention
+    scaling (``None`` unless the recipe carries one)."""
 
     recipe: Recipe
     pruner: object
     amplifier: PrunedOutputAmplifier | None
     w: float
+    attention: object = None
 
 
 class ModelRevisionWarning(UserWarning):
@@ -106,8 +108,10 @@ def apply_recipe(
     the recipe's partition may be passed to reuse it; otherwise one is made. ``poa_batched``
     runs POA's dense and pruned passes as one forward at twice the batch (``True``; twice the
     activation memory), as two forwards (``False``), or the first at small batches only
-    (``"auto"``, see :mod:`crdiff_search.poa`). On exit the
-    denoiser's weights and ``forward`` are the dense ones again, bit for bit.
+    (``"auto"``, see :mod:`crdiff_search.poa`). A recipe's ``attention_scaling``
+    (``"entropy"``) hooks the self-attention queries for the block
+    (:class:`~crdiff_search.attention_scaling.EntropyScaling`). On exit the denoiser's weights,
+    ``forward`` and hooks are the dense ones again, bit for bit.
 
     ``check_revision`` compares the recipe's ``model_revision`` with the denoiser's weights
     (:func:`~crdiff_search.recipe.model_revision`; hashed once per model object): a mismatch
@@ -125,8 +129,11 @@ def apply_recipe(
     if check_revision:
         _check_revision(denoiser, recipe, strict=check_revision == "error")
     pruner = pruner if pruner is not None else make_pruner(denoiser, recipe)
+    attention = _attention_scaling(denoiser, recipe)
     pruner.apply_(recipe.ratios)
     try:
+        if attention is not None:
+            attention.attach()
         amplifier = None
         if w != 1.0:
             amplifier = PrunedOutputAmplifier(
@@ -138,9 +145,20 @@ def apply_recipe(
                 batched=poa_batched,
             )
         if amplifier is None:
-            yield AppliedRecipe(recipe, pruner, None, w)
+            yield AppliedRecipe(recipe, pruner, None, w, attention)
         else:
             with amplifier:
-                yield AppliedRecipe(recipe, pruner, amplifier, w)
+                yield AppliedRecipe(recipe, pruner, amplifier, w, attention)
     finally:
+        if attention is not None:
+            attention.detach()
         pruner.restore_()
+
+
+def _attention_scaling(denoiser, recipe: Recipe):
+    """The recipe's attention scaling, built (not yet attached) for ``denoiser``, or None."""
+    if recipe.attention_scaling is None:
+        return None
+    from crdiff_search.attention_scaling import EntropyScaling
+
+    return EntropyScaling(denoiser)

@@ -153,6 +153,14 @@ class SearchSpec:
     seed: int = 0
     early_stopping: bool = False
     retries: int = 1
+    # "prune" (the method), "prune+entropy" (pruning searched with attention-entropy scaling on
+    # in every trial, trial 0 included), or "entropy" (the scaling alone: one trial)
+    repair: str = "prune"
+
+    @property
+    def attention_scaling(self) -> str | None:
+        """The training-free scaling every trial runs with (None for plain pruning)."""
+        return "entropy" if "entropy" in self.repair.split("+") else None
 
 
 @dataclass(frozen=True)

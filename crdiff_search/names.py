@@ -56,3 +56,8 @@ def check_device(device: str) -> str:
 # where the dense copy lives
 PRUNER_CACHE_MODES = ("auto", "sorted", "histogram", "none")
 PRUNER_BACKUP_MODES = ("auto", "device", "host")
+
+# Training-free fixes applied with the pruning (a recipe's ``attention_scaling``, a study's
+# ``search.repair``): attention-entropy scaling (crdiff_search.attention_scaling).
+ATTENTION_SCALINGS = ("entropy",)
+REPAIRS = ("prune", "entropy", "prune+entropy")  # what a study searches or applies

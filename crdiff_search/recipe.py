@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from crdiff_search.errors import IntegrityError, UsageError
-from crdiff_search.names import GRANULARITIES, KINDS
+from crdiff_search.names import ATTENTION_SCALINGS, GRANULARITIES, KINDS
 from crdiff_search.registries import CRITERIA
 from crdiff_search.resolution import format_resolution
 
@@ -158,7 +158,9 @@ class Recipe:
     ``scores`` holds the objective's values on the held-out prompts, at least ``"dense"`` and
     ``"recipe"`` (this recipe's score) when it comes from a re-ranking. ``poa_window`` is
     ``None`` (every step) or ``(lo, hi)`` in normalised diffusion time (see
-    :class:`PoaWindow`).
+    :class:`PoaWindow`). ``attention_scaling`` is ``None`` or ``"entropy"``
+    (:mod:`crdiff_search.attention_scaling`, applied with the pruning); a recipe of entropy
+    scaling alone has every ratio 0.
     """
 
     model: str
@@ -170,6 +172,9 @@ class Recipe:
     criterion: str = "magnitude"
     poa_w: float = 1.0
     poa_window: tuple[float, float] | None = None
+    # a training-free peer of pruning applied with it: None, or "entropy" (attention-entropy
+    # scaling of the self-attention logits, see crdiff_search.attention_scaling)
+    attention_scaling: str | None = None
     objective: str | None = None
     higher_is_better: bool = True
     scores: dict[str, float] = field(default_factory=dict)
@@ -222,6 +227,12 @@ class Recipe:
             except UsageError as exc:
                 raise RecipeError(f"recipe poa_window: {exc}") from None
             object.__setattr__(self, "poa_window", (window.lo, window.hi))
+        if self.attention_scaling is not None:
+            if self.attention_scaling not in ATTENTION_SCALINGS:
+                raise RecipeError(
+                    f"recipe attention_scaling {self.attention_scaling!r} is unknown; valid: "
+                    f"null, {', '.join(map(repr, ATTENTION_SCALINGS))}"
+                )
         if not isinstance(self.scores, dict):
             raise RecipeError("recipe field 'scores' must be an object {name: number}")
         scores = {}
@@ -290,6 +301,9 @@ class Recipe:
         data["partition"] = self.partition.to_dict()
         data["poa_window"] = list(self.poa_window) if self.poa_window is not None else None
         data["ratios"] = dict(self.ratios)
+        if self.attention_scaling is None:
+            # recipes written before the field existed keep their checksum
+            del data["attention_scaling"]
         return data
 
     def to_dict(self) -> dict[str, Any]:

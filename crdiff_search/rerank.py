@@ -90,13 +90,17 @@ def load_study(study_dir: str | Path):
     return config, study.read_study()["study_id"], study.read_table()
 
 
-def top_trials(trials, groups: Sequence[str], k: int, mode: str) -> list[dict[str, Any]]:
-    """The ``k`` best completed, non-dense trials (ties: earlier trial first)."""
+def top_trials(
+    trials, groups: Sequence[str], k: int, mode: str, *, attention_scaling: str | None = None
+) -> list[dict[str, Any]]:
+    """The ``k`` best completed, non-dense trials (ties: earlier trial first). In a study run
+    with an ``attention_scaling`` every trial is a candidate, the unpruned trial 0 included
+    (it is the scaling alone, not the dense model)."""
     if k < 1:
         raise UsageError(f"--top-k {k} must be at least 1")
     from crdiff_search import records
 
-    done = records.ranked_completed(trials, mode, pruned_only=True)
+    done = records.ranked_completed(trials, mode, pruned_only=attention_scaling is None)
     if done.empty:
         raise UsageError("the study has no completed pruned trial to re-rank")
     return [
@@ -105,6 +109,7 @@ def top_trials(trials, groups: Sequence[str], k: int, mode: str) -> list[dict[st
             "trial_index": int(row["trial_index"]),
             "search_score": float(row["score"]),
             "ratios": records.ratios_of(row, groups),
+            "attention_scaling": attention_scaling,
         }
         for row in done.head(k).to_dict("records")
     ]
@@ -155,10 +160,11 @@ def heldout_source(config, prompts_file: str | None = None) -> str:
 
 def task_spec(config, prompts, seeds):
     """The :class:`~crdiff_search.runner.spec.WorkerSpec` of a re-rank task: the study's model
-    and objective on the held-out prompts."""
+    and objective on the held-out prompts. Its worker holds the plain dense model (the
+    reference row); a candidate brings its own attention scaling, as its recipe will."""
     from crdiff_search.runner.spec import WorkerSpec
 
-    return WorkerSpec.from_config(config, prompts=prompts, seeds=seeds)
+    return WorkerSpec.from_config(config, prompts=prompts, seeds=seeds, attention_scaling=None)
 
 
 def evaluate_candidate(spec, candidate: dict[str, Any] | None, weights: Sequence[float]):
@@ -217,6 +223,7 @@ def evaluate_candidate(spec, candidate: dict[str, Any] | None, weights: Sequence
             partition=spec.partition,
             criterion=spec.criterion,
             poa_w=w,
+            attention_scaling=candidate.get("attention_scaling"),
         )
         # the recipe is made from this very model: no revision to compare
         with apply_recipe(state.pipe, recipe, pruner=state.pruner, check_revision=False):
@@ -258,7 +265,9 @@ def rerank(
         weights = (1.0, *weights)  # the candidate without POA is a reference row
     groups = tuple(c[len("ratio.") :] for c in trials.columns if c.startswith("ratio."))
     mode = config.objective.mode
-    candidates = top_trials(trials, groups, top_k, mode)
+    candidates = top_trials(
+        trials, groups, top_k, mode, attention_scaling=config.search.attention_scaling
+    )
     prompts, seeds = heldout_prompts(config, n=n_prompts, prompts_file=prompts_file, seed=seed)
     spec = task_spec(config, prompts, seeds)
 
@@ -354,7 +363,9 @@ def rerank(
         f"POA w={poa_w:g}": (best["trial_id"], poa_w),
     }
     columns = {label: images[key] for label, key in keys.items()}
-    ratio_text = ratio_note(by_trial[best["trial_id"]]["ratios"])
+    ratio_text = ratio_note(by_trial[best["trial_id"]]["ratios"]) + (
+        " + entropy scaling" if config.search.attention_scaling else ""
+    )
     grid = compare_grid(
         columns,
         prompts[: len(columns["dense"])],
@@ -679,7 +690,10 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
                 f"run `crdiff rerank {study_dir}` first, or pass --allow-null to register it "
                 "untested"
             )
-        best = top_trials(trials, groups, 1, config.objective.mode)[0]
+        best = top_trials(
+            trials, groups, 1, config.objective.mode,
+            attention_scaling=config.search.attention_scaling,
+        )[0]
         ratios, w, trial_id = best["ratios"], 1.0, best["trial_id"]
         dense = trials[(trials["state"] == "COMPLETE") & (trials["trial_index"] == 0)]
         scores = {"recipe": best["search_score"], "search": best["search_score"]}
@@ -698,6 +712,7 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
         criterion=_study_criterion(config),
         ratios={g: float(r) for g, r in ratios.items() if g in groups or not groups},
         poa_w=float(w),
+        attention_scaling=config.search.attention_scaling,
         objective=_objective_name(config),
         higher_is_better=config.objective.mode == "max",
         scores={k: float(v) for k, v in scores.items() if v is not None},

@@ -34,7 +34,7 @@ from crdiff_search.config import (
     sampling_defaults,
 )
 from crdiff_search.errors import ConfigErrors, UsageError
-from crdiff_search.names import DTYPES, GRANULARITIES, KINDS, SCHEDULERS
+from crdiff_search.names import DTYPES, GRANULARITIES, KINDS, REPAIRS, SCHEDULERS
 from crdiff_search.resolution import parse_resolution
 
 
@@ -465,6 +465,12 @@ def _search(raw: dict) -> SearchSpec:
     )
     seed = _expect("search.seed", raw.get("seed", 0), "int")
     _check_sampler_options(sampler, options, seed)
+    repair = _choice("search.repair", raw.get("repair", "prune"), list(REPAIRS))
+    if repair == "entropy" and trials != 1:
+        raise UsageError(
+            f"search.repair = 'entropy' has nothing to search (no pruning): it is one trial, "
+            f"the model with entropy scaling; set search.trials = 1, not {trials}"
+        )
     return SearchSpec(
         sampler=sampler,
         sampler_options=options,
@@ -473,6 +479,7 @@ def _search(raw: dict) -> SearchSpec:
         seed=seed,
         early_stopping=_expect("search.early_stopping", raw.get("early_stopping", False), "bool"),
         retries=retries,
+        repair=repair,
     )
 
 

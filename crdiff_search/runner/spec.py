@@ -49,6 +49,8 @@ class WorkerSpec:
     # the pruner's memory layout (see Resources)
     pruner: Mapping[str, Any] = field(default_factory=dict)
     failed_image_score: float | None = None  # see ObjectiveSpec.failed_image_score
+    # attached to the denoiser for the worker's life (search.repair): None or "entropy"
+    attention_scaling: str | None = None
     plugins: tuple[str, ...] = ()
     plugin_paths: tuple[str, ...] = ()
     # ---- what is generated
@@ -76,6 +78,7 @@ class WorkerSpec:
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
         size = config.prompts.chunk_size or len(prompts) or 1
         model = config.model
+        fields.setdefault("attention_scaling", config.search.attention_scaling)
         return cls(
             source=absolute_source(model.source),
             dtype=model.dtype,
@@ -114,6 +117,7 @@ class WorkerSpec:
             "scheduler": self.scheduler,
             "partition": self.partition.to_dict(),
             "criterion": self.criterion,
+            "attention_scaling": self.attention_scaling,
             "pruner": dict(self.pruner),
             "seed": self.seed,
             "terms": [dataclasses.asdict(t) for t in self.terms],

@@ -126,6 +126,10 @@ def _load(spec: WorkerSpec) -> WorkerState:
     denoiser = denoiser_of(pipe)
     partition = spec.partition.build(denoiser)
     pruner = Pruner(denoiser, partition, criterion=spec.criterion, seed=spec.seed, **spec.pruner)
+    if spec.attention_scaling is not None:  # on in every trial of this study, the dense one too
+        from crdiff_search.attention_scaling import EntropyScaling
+
+        EntropyScaling(denoiser).attach()
     params = dict(denoiser.named_parameters())
     sizes = {
         g: int(sum(params[n].numel() for n in names if n in params))
