@@ -59,10 +59,17 @@ def resolve_recipe(
     *,
     registry: str | None = None,
     strict: bool = False,
+    fallback: str = "nearest",
     warn: Callable[[str], None] = lambda _: None,
 ):
     """``(recipe or None, source in words)`` for ``recipe`` = ``"registry"``, a JSON path, a
-    :class:`~crdiff_search.recipe.Recipe`, or ``None``/``"none"`` (dense)."""
+    :class:`~crdiff_search.recipe.Recipe`, or ``None``/``"none"`` (dense). At a resolution the
+    registry does not hold, ``fallback`` takes the ``"nearest"`` registered recipe or
+    ``"interpolate"``s one from the registered neighbours."""
+    from crdiff_search.interpolate import FALLBACKS
+
+    if fallback not in FALLBACKS:
+        raise UsageError(f"fallback {fallback!r} is not valid; valid: {', '.join(FALLBACKS)}")
     import warnings
 
     from crdiff_search.recipe import Recipe
@@ -75,6 +82,15 @@ def resolve_recipe(
         from crdiff_search.registry import NearestResolutionWarning, Registry
 
         reg = Registry(registry)
+        if fallback == "interpolate" and not strict:
+            found, used = reg.interpolate(model, resolution)
+            if found.resolution == used[0].resolution and len(used) == 1:
+                return found, f"registry {used[0].name} version {used[0].version}"
+            warn(
+                f"no recipe for {model} at {resolution[0]}x{resolution[1]}; interpolated from "
+                f"{found.trial_id.split(':', 1)[1]} (resolution=weight)"
+            )
+            return found, f"interpolated from {len(used)} registered recipes"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NearestResolutionWarning)
             entry = reg.resolve(model, resolution, strict=strict)
@@ -102,6 +118,7 @@ def generate(
     recipe="registry",
     registry: str | None = None,
     strict: bool = False,
+    fallback: str = "nearest",
     poa_w: float | None = None,
     poa_window=None,
     compare: bool = False,
@@ -134,7 +151,8 @@ def generate(
     if compare and (recipe is None or recipe == "none"):
         raise UsageError("--compare needs a recipe (--recipe registry or FILE), not 'none'")
     found, source = resolve_recipe(
-        model, (width, height), recipe, registry=registry, strict=strict, warn=warn
+        model, (width, height), recipe, registry=registry, strict=strict, fallback=fallback,
+        warn=warn,
     )
 
     from crdiff_search.models import generate_images, load_pipeline, spatial_factor

@@ -390,6 +390,34 @@ class Registry:
         entry = self.resolve(model, resolution, strict=strict)
         return self.read_recipe(entry)
 
+    def interpolate(self, model: str, resolution, *, training=None, k: int | None = None):
+        """The recipe predicted at ``resolution`` from the registered recipes of ``model``
+        (:func:`~crdiff_search.interpolate.interpolate_recipe`; the model's training size, from
+        its config unless given, as a dense anchor), and the entries it read. A resolution
+        that is registered gives its own recipe."""
+        from crdiff_search.interpolate import DEFAULT_NEIGHBOURS, interpolate_recipe
+
+        wanted = parse_resolution(resolution)
+        key = model_key(model)
+        entries = self.list(key)
+        if not entries:
+            raise RecipeNotFoundError(
+                f"no recipes registered for model {key!r} in {self.uri}; run `crdiff export "
+                "STUDY` first"
+            )
+        exact = [e for e in entries if e.resolution == wanted]
+        if exact:
+            return self.read_recipe(exact[0]), exact
+        if training is None:
+            from crdiff_search.model_info import training_resolution
+
+            training = training_resolution(key)
+        recipes = [self.read_recipe(e) for e in entries]
+        recipe = interpolate_recipe(
+            wanted, recipes, training=training, k=k or DEFAULT_NEIGHBOURS
+        )
+        return recipe, entries
+
     def read_recipe(self, entry: RegistryEntry) -> Recipe:
         import mlflow.artifacts
 

@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         help="fail when the registry has no recipe at exactly this resolution",
     )
     parser.add_argument(
+        "--fallback",
+        choices=("nearest", "interpolate"),
+        default="nearest",
+        help="at a resolution the registry does not hold: the nearest registered recipe "
+        "(default), or one interpolated from the registered neighbours and the training size",
+    )
+    parser.add_argument(
         "--poa-w", type=float, default=None, help="POA weight (default: the recipe's)"
     )
     parser.add_argument(
@@ -97,6 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         recipe=args.recipe,
         registry=args.registry,
         strict=args.strict,
+        fallback=args.fallback,
         poa_w=args.poa_w,
         poa_window=args.poa_window,
         compare=args.compare,

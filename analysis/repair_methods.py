@@ -1,0 +1,254 @@
+"""Pruning and attention-entropy scaling side by side on a repair map, held out.
+
+For each resolution of a map (``map.csv`` from ``crdiff map``: the searched pruning ratios per
+resolution), the study's model is scored on the same held-out prompts and seeds as the map's
+verdict, four ways: dense, entropy scaling alone, the map's pruning alone (its winner's ratios,
+no POA), and the same ratios with entropy scaling on (not searched again). Studies searched
+with ``search.repair = "prune+entropy"`` can be added (``--searched``): their best trial's
+ratios, with entropy scaling. Every method gets its paired difference from dense with a 95 %
+bootstrap interval and a Wilcoxon p; "pruned + entropy" also against pruning alone (do they
+add up?).
+
+Run (about 30 minutes on 2 CPU cores for the testbed's 8 resolutions)::
+
+    python -m crdiff_search.analysis.repair_methods docs/repair-map/map.csv --out docs/repair-methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crdiff_search.errors import UsageError
+
+METHODS = ("dense", "entropy", "pruned", "pruned+entropy")
+SEARCHED = "searched+entropy"
+TABLE_CSV = "methods.csv"
+FIGURE = "methods.png"
+REPORT = "methods.md"
+
+
+def _config(experiment: str | None, resolution: str):
+    from crdiff_search.config import load_experiment
+
+    return load_experiment(experiment, resolution=resolution, **{"tracking.enabled": False})
+
+
+def _searched_ratios(folder: Path, groups: Sequence[str], mode: str) -> dict[str, float]:
+    """The best completed trial of a ``prune+entropy`` study (its search pick)."""
+    from crdiff_search import records
+    from crdiff_search.rerank import load_study
+
+    config, _, trials = load_study(folder)
+    if config.search.attention_scaling != "entropy":
+        raise UsageError(f"{folder}: search.repair is {config.search.repair!r}, not prune+entropy")
+    done = records.ranked_completed(trials, mode)
+    if done.empty:
+        raise UsageError(f"{folder}: no completed trial")
+    return records.ratios_of(done.iloc[0].to_dict(), groups)
+
+
+def measure_resolution(
+    row: dict,
+    *,
+    experiment: str | None = None,
+    n_prompts: int | None = None,
+    searched: Path | None = None,
+    log=print,
+) -> list[dict]:
+    """The methods at one resolution of the map: one row each, with per-image scores."""
+    from crdiff_search.analysis.stats import paired_difference
+    from crdiff_search.rerank import evaluate_candidate, heldout_prompts, task_spec
+
+    resolution = str(row["resolution"]).replace(" (R)", "")
+    config = _config(experiment, resolution)
+    prompts, seeds = heldout_prompts(config, n=n_prompts)
+    spec = task_spec(config, prompts, seeds)
+    groups = [g for g in ("down", "mid", "up") if g in row] or list(spec.groups)
+    ratios = {g: float(row[g]) for g in groups}
+    zeros = {g: 0.0 for g in groups}
+    candidates = {
+        "entropy": {"trial_id": "entropy", "ratios": zeros, "attention_scaling": "entropy"},
+        "pruned": {"trial_id": "pruned", "ratios": ratios, "attention_scaling": None},
+        "pruned+entropy": {
+            "trial_id": "pruned+entropy",
+            "ratios": ratios,
+            "attention_scaling": "entropy",
+        },
+    }
+    if searched is not None:
+        found = _searched_ratios(searched, groups, config.objective.mode)
+        candidates[SEARCHED] = {
+            "trial_id": SEARCHED,
+            "ratios": found,
+            "attention_scaling": "entropy",
+        }
+    per_image, out = {}, []
+    for method in ("dense", *candidates):
+        t0 = time.perf_counter()
+        cand = candidates.get(method)
+        result = evaluate_candidate(spec, cand, (1.0,))[0]
+        per_image[method] = np.asarray(result["image_scores"], dtype=np.float64)
+        used = cand["ratios"] if cand else zeros
+        out.append(
+            {
+                "resolution": resolution,
+                "method": method,
+                "score": float(result["score"]),
+                **{f"ratio.{g}": used[g] for g in groups},
+                "n_prompts": len(prompts),
+                "heldout_seed": seeds[0],
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        log(f"  {resolution} {method:>16}: {result['score']:.4f} ({out[-1]['seconds']} s)")
+    maximize = config.objective.mode != "min"
+    for item in out:
+        if item["method"] == "dense":
+            continue
+        d = paired_difference(per_image[item["method"]], per_image["dense"], maximize=maximize)
+        item.update(
+            delta=d["delta"], delta_low=d["ci_low"], delta_high=d["ci_high"], p=d["p"],
+            wins=d["wins"], ties=d["ties"], losses=d["losses"],
+        )
+        if item["method"] in ("pruned+entropy", SEARCHED):
+            g = paired_difference(per_image[item["method"]], per_image["pruned"], maximize=maximize)
+            item.update(vs_pruned=g["delta"], vs_pruned_low=g["ci_low"], vs_pruned_high=g["ci_high"])
+    return out
+
+
+def verdict(row: pd.Series) -> str:
+    if row["method"] == "dense":
+        return ""
+    if row["delta_low"] > 0:
+        return "helps"
+    if row["delta_high"] < 0:
+        return "hurts"
+    return "no difference"
+
+
+def format_markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "| resolution | method | held-out score | vs dense [95 % CI] | p | better / equal / worse "
+        "| vs pruning alone [95 % CI] | verdict |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        if r["method"] == "dense":
+            lines.append(f"| {r['resolution']} | dense | {r['score']:.3f} | | | | | |")
+            continue
+        vs = (
+            f"{r['vs_pruned']:+.3f} [{r['vs_pruned_low']:+.3f}, {r['vs_pruned_high']:+.3f}]"
+            if pd.notna(r.get("vs_pruned"))
+            else ""
+        )
+        lines.append(
+            f"| {r['resolution']} | {r['method']} | {r['score']:.3f} | {r['delta']:+.3f} "
+            f"[{r['delta_low']:+.3f}, {r['delta_high']:+.3f}] | {r['p']:.2g} | "
+            f"{int(r['wins'])} / {int(r['ties'])} / {int(r['losses'])} | {vs} | {verdict(r)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: pd.DataFrame, title: str = ""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in (*METHODS[1:], SEARCHED) if m in set(table["method"])]
+    resolutions = list(dict.fromkeys(table["resolution"]))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(resolutions) + 2), 4.2))
+    width = 0.8 / len(methods)
+    colors = {"entropy": "#4c72b0", "pruned": "#dd8452", "pruned+entropy": "#55a868",
+              SEARCHED: "#8172b3"}
+    for i, m in enumerate(methods):
+        sub = table[table["method"] == m].set_index("resolution").reindex(resolutions)
+        x = np.arange(len(resolutions)) + (i - (len(methods) - 1) / 2) * width
+        err = np.vstack([sub["delta"] - sub["delta_low"], sub["delta_high"] - sub["delta"]])
+        ax.bar(x, sub["delta"], width, yerr=err, capsize=3, label=m, color=colors.get(m))
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(resolutions)), resolutions)
+    ax.set_xlabel("resolution (width x height)")
+    ax.set_ylabel("held-out score minus dense (95 % CI)")
+    ax.set_title(title or "Repair methods against the dense model, held out")
+    ax.legend(frameon=False, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m crdiff_search.analysis.repair_methods", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("map_csv", help="map.csv of `crdiff map` (ratios per resolution)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--experiment", default=None, help="the map's experiment file (default: testbed)")
+    parser.add_argument("--resolutions", default="", help="comma-separated subset (default: all)")
+    parser.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: the study's)")
+    parser.add_argument(
+        "--searched", nargs="*", default=[], metavar="STUDY",
+        help="folders of studies searched with search.repair = prune+entropy (one per resolution)",
+    )
+    args = parser.parse_args(argv)
+    path = Path(args.map_csv)
+    if not path.is_file():
+        raise SystemExit(f"error: {path} does not exist (the map.csv of `crdiff map`)")
+    rows = pd.read_csv(path).to_dict("records")
+    wanted = [r for r in args.resolutions.split(",") if r]
+    known = [str(r["resolution"]).replace(" (R)", "") for r in rows]
+    bad = [r for r in wanted if r not in known]
+    if bad:
+        raise SystemExit(f"error: resolutions {bad} are not in {path}; it has {', '.join(known)}")
+    from crdiff_search.rerank import load_study
+
+    searched = {load_study(folder)[0].resolution: folder for folder in map(Path, args.searched)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table_path = out / TABLE_CSV
+    done = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame()
+    frames = [done] if not done.empty else []
+    for row, res in zip(rows, known, strict=True):
+        if wanted and res not in wanted:
+            continue
+        have = set(done["method"][done["resolution"] == res]) if not done.empty else set()
+        need = set(METHODS) | ({SEARCHED} if res in searched else set())
+        if need <= have:
+            print(f"{res}: already measured", file=sys.stderr)
+            continue
+        print(f"{res}:", file=sys.stderr)
+        measured = pd.DataFrame(
+            measure_resolution(
+                row, experiment=args.experiment, n_prompts=args.prompts,
+                searched=searched.get(res), log=lambda s: print(s, file=sys.stderr),
+            )
+        )
+        frames = [f[f["resolution"] != res] for f in frames] + [measured]
+        pd.concat(frames, ignore_index=True).to_csv(table_path, index=False, float_format="%.6g")
+    table = pd.concat(frames, ignore_index=True)
+    order = {r: i for i, r in enumerate(known)}
+    table = table.sort_values(
+        ["resolution", "method"],
+        key=lambda s: s.map(order) if s.name == "resolution" else s.map(
+            {m: i for i, m in enumerate((*METHODS, SEARCHED))}
+        ),
+    ).reset_index(drop=True)
+    table.to_csv(table_path, index=False, float_format="%.6g")
+    from crdiff_search.analysis.plots import save_png
+
+    save_png(figure(table), out / FIGURE)
+    (out / REPORT).write_text(format_markdown(table), encoding="utf-8")
+    sys.stdout.write(format_markdown(table))
+    print(f"saved: {table_path}, {out / FIGURE}, {out / REPORT}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
