@@ -114,12 +114,19 @@ def measure_resolution(
             continue
         d = paired_difference(per_image[item["method"]], per_image["dense"], maximize=maximize)
         item.update(
-            delta=d["delta"], delta_low=d["ci_low"], delta_high=d["ci_high"], p=d["p"],
-            wins=d["wins"], ties=d["ties"], losses=d["losses"],
+            delta=d["delta"],
+            delta_low=d["ci_low"],
+            delta_high=d["ci_high"],
+            p=d["p"],
+            wins=d["wins"],
+            ties=d["ties"],
+            losses=d["losses"],
         )
         if item["method"] in ("pruned+entropy", SEARCHED):
             g = paired_difference(per_image[item["method"]], per_image["pruned"], maximize=maximize)
-            item.update(vs_pruned=g["delta"], vs_pruned_low=g["ci_low"], vs_pruned_high=g["ci_high"])
+            item.update(
+                vs_pruned=g["delta"], vs_pruned_low=g["ci_low"], vs_pruned_high=g["ci_high"]
+            )
     return out
 
 
@@ -166,8 +173,12 @@ def figure(table: pd.DataFrame, title: str = ""):
     resolutions = list(dict.fromkeys(table["resolution"]))
     fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(resolutions) + 2), 4.2))
     width = 0.8 / len(methods)
-    colors = {"entropy": "#4c72b0", "pruned": "#dd8452", "pruned+entropy": "#55a868",
-              SEARCHED: "#8172b3"}
+    colors = {
+        "entropy": "#4c72b0",
+        "pruned": "#dd8452",
+        "pruned+entropy": "#55a868",
+        SEARCHED: "#8172b3",
+    }
     for i, m in enumerate(methods):
         sub = table[table["method"] == m].set_index("resolution").reindex(resolutions)
         x = np.arange(len(resolutions)) + (i - (len(methods) - 1) / 2) * width
@@ -190,11 +201,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("map_csv", help="map.csv of `crdiff map` (ratios per resolution)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--experiment", default=None, help="the map's experiment file (default: testbed)")
-    parser.add_argument("--resolutions", default="", help="comma-separated subset (default: all)")
-    parser.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: the study's)")
     parser.add_argument(
-        "--searched", nargs="*", default=[], metavar="STUDY",
+        "--experiment", default=None, help="the map's experiment file (default: testbed)"
+    )
+    parser.add_argument("--resolutions", default="", help="comma-separated subset (default: all)")
+    parser.add_argument(
+        "--prompts", type=int, default=None, help="held-out prompts (default: the study's)"
+    )
+    parser.add_argument(
+        "--searched",
+        nargs="*",
+        default=[],
+        metavar="STUDY",
         help="folders of studies searched with search.repair = prune+entropy (one per resolution)",
     )
     args = parser.parse_args(argv)
@@ -226,8 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{res}:", file=sys.stderr)
         measured = pd.DataFrame(
             measure_resolution(
-                row, experiment=args.experiment, n_prompts=args.prompts,
-                searched=searched.get(res), log=lambda s: print(s, file=sys.stderr),
+                row,
+                experiment=args.experiment,
+                n_prompts=args.prompts,
+                searched=searched.get(res),
+                log=lambda s: print(s, file=sys.stderr),
             )
         )
         frames = [f[f["resolution"] != res] for f in frames] + [measured]
@@ -236,8 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     order = {r: i for i, r in enumerate(known)}
     table = table.sort_values(
         ["resolution", "method"],
-        key=lambda s: s.map(order) if s.name == "resolution" else s.map(
-            {m: i for i, m in enumerate((*METHODS, SEARCHED))}
+        key=lambda s: (
+            s.map(order)
+            if s.name == "resolution"
+            else s.map({m: i for i, m in enumerate((*METHODS, SEARCHED))})
         ),
     ).reset_index(drop=True)
     table.to_csv(table_path, index=False, float_format="%.6g")

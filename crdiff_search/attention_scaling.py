@@ -38,6 +38,7 @@ import torch
 
 from crdiff_search.errors import UsageError
 from crdiff_search.names import ATTENTION_SCALINGS
+
 _FACTORS = tuple(2**i for i in range(8))  # 1 .. 128: UNet levels and patch sizes
 
 

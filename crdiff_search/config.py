@@ -156,6 +156,10 @@ class SearchSpec:
     # "prune" (the method), "prune+entropy" (pruning searched with attention-entropy scaling on
     # in every trial, trial 0 included), or "entropy" (the scaling alone: one trial)
     repair: str = "prune"
+    # "none", or "registry": the first trials after the dense one are the registry's recipes
+    # at neighbouring resolutions (interpolated, then nearest first), up to warm_start_points
+    warm_start: str = "none"
+    warm_start_points: int = 3
 
     @property
     def attention_scaling(self) -> str | None:

@@ -151,7 +151,12 @@ def generate(
     if compare and (recipe is None or recipe == "none"):
         raise UsageError("--compare needs a recipe (--recipe registry or FILE), not 'none'")
     found, source = resolve_recipe(
-        model, (width, height), recipe, registry=registry, strict=strict, fallback=fallback,
+        model,
+        (width, height),
+        recipe,
+        registry=registry,
+        strict=strict,
+        fallback=fallback,
         warn=warn,
     )
 

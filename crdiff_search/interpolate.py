@@ -66,9 +66,7 @@ def interpolation_weights(
     if not resolutions:
         raise UsageError("interpolation needs at least one registered resolution")
     t = resolution_coordinates(target)
-    dist = sorted(
-        (_distance(t, resolution_coordinates(r)), i) for i, r in enumerate(resolutions)
-    )
+    dist = sorted((_distance(t, resolution_coordinates(r)), i) for i, r in enumerate(resolutions))
     if dist[0][0] < _EXACT:
         return {dist[0][1]: 1.0}
     near = dist[:k]

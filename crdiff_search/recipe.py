@@ -227,12 +227,11 @@ class Recipe:
             except UsageError as exc:
                 raise RecipeError(f"recipe poa_window: {exc}") from None
             object.__setattr__(self, "poa_window", (window.lo, window.hi))
-        if self.attention_scaling is not None:
-            if self.attention_scaling not in ATTENTION_SCALINGS:
-                raise RecipeError(
-                    f"recipe attention_scaling {self.attention_scaling!r} is unknown; valid: "
-                    f"null, {', '.join(map(repr, ATTENTION_SCALINGS))}"
-                )
+        if self.attention_scaling is not None and self.attention_scaling not in ATTENTION_SCALINGS:
+            raise RecipeError(
+                f"recipe attention_scaling {self.attention_scaling!r} is unknown; valid: "
+                f"null, {', '.join(map(repr, ATTENTION_SCALINGS))}"
+            )
         if not isinstance(self.scores, dict):
             raise RecipeError("recipe field 'scores' must be an object {name: number}")
         scores = {}

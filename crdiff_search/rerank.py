@@ -691,7 +691,10 @@ def recipe_from_study(study_dir: str | Path, *, use_rerank: bool = True, allow_n
                 "untested"
             )
         best = top_trials(
-            trials, groups, 1, config.objective.mode,
+            trials,
+            groups,
+            1,
+            config.objective.mode,
             attention_scaling=config.search.attention_scaling,
         )[0]
         ratios, w, trial_id = best["ratios"], 1.0, best["trial_id"]

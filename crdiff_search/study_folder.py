@@ -28,6 +28,7 @@ RERANK_GRID = "rerank_compare.png"  # dense | pruned | POA for the winner
 RERANK_IMAGES = "rerank_images.parquet"  # one row per (row, prompt): the paired scores
 OPTUNA_DB = "optuna.db"  # the finished trials as an Optuna study, for Optuna's tools
 STOP_FILE = "sampler_stopped.json"  # written when the sampler ended the search (its stop rule)
+WARM_START_FILE = "warm_start.json"  # the registry points a warm-started study began with
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,10 @@ class StudyFolder:
     @property
     def stop_file(self) -> Path:
         return self.path / STOP_FILE
+
+    @property
+    def warm_start(self) -> Path:
+        return self.path / WARM_START_FILE
 
     @property
     def rerank_json(self) -> Path:

@@ -480,6 +480,14 @@ def _search(raw: dict) -> SearchSpec:
         early_stopping=_expect("search.early_stopping", raw.get("early_stopping", False), "bool"),
         retries=retries,
         repair=repair,
+        warm_start=_choice(
+            "search.warm_start", raw.get("warm_start", "none"), ["none", "registry"]
+        ),
+        warm_start_points=_at_least(
+            "search.warm_start_points",
+            _expect("search.warm_start_points", raw.get("warm_start_points", 3), "int"),
+            1,
+        ),
     )
 
 

@@ -68,9 +68,7 @@ def _unet_call(unet, size: int, seed: int = 0):
 
 
 def _hook_count(module) -> int:
-    return sum(
-        len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules()
-    )
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules())
 
 
 def test_attach_changes_below_training_size_and_detach_is_bit_for_bit():
@@ -99,7 +97,7 @@ def test_each_layer_gets_its_own_factor_and_cross_attention_none():
         _unet_call(unet, size)
         names = {name for name, _ in self_attention_layers(unet)}
         assert set(scaling.last_scales) == names
-        for name, attn in self_attention_layers(unet):
+        for _name, attn in self_attention_layers(unet):
             assert attn.to_q._forward_hooks  # hooked
         for name, module in unet.named_modules():
             if getattr(module, "is_cross_attention", False):
@@ -230,7 +228,10 @@ def test_apply_recipe_scales_and_restores_bit_for_bit():
 
     dense = images()
     recipe = Recipe(
-        model="testbed", width=24, height=24, ratios={"down": 0.0, "mid": 0.0, "up": 0.0},
+        model="testbed",
+        width=24,
+        height=24,
+        ratios={"down": 0.0, "mid": 0.0, "up": 0.0},
         attention_scaling="entropy",
     )
     with apply_recipe(pipe, recipe, check_revision=False) as applied:

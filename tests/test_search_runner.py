@@ -343,3 +343,40 @@ def test_mlflow_reads_as_mlflow_users_expect(ray_session, tiny_model, tmp_path):
     assert config.objective.mode == "max" and values == sorted(values)  # only rises
     assert values[-1] == pytest.approx(table["score"].max())
     assert "trials.parquet" in [a.path for a in client.list_artifacts(study.info.run_id)]
+
+
+def test_warm_started_study_runs_the_points_first(ray_session, tiny_model, tmp_path):
+    """search.warm_start = "registry": trials 1-3 are the planned points (warm_start.json)."""
+    from test_recipe_roundtrip import make_recipe
+    from test_registry_core import fresh_registry_uri
+
+    from crdiff_search.registry import Registry
+    from crdiff_search.runner import run_study
+
+    groups = ("down", "mid", "up")
+    uri = fresh_registry_uri(tmp_path / "reg")
+    reg = Registry(uri)
+    model = str(tiny_model)
+    reg.export(make_recipe(model=model, width=64, height=64, ratios={"down": 0.4, "mid": 0.1, "up": 0.3}))
+    reg.export(make_recipe(model=model, width=16, height=16, ratios={"down": 0.2, "mid": 0.5, "up": 0.0}))
+    out = tmp_path / "warm"
+    config = tiny_config(
+        tiny_model,
+        out,
+        **{
+            "tracking.uri": uri,
+            "search.sampler": "anneal",
+            "search.trials": 5,
+            "search.concurrency": 1,
+            "search.warm_start": "registry",
+            "search.warm_start_points": 3,
+        },
+    )
+    run_study(config, out_dir=out, progress=False)
+    plan = json.loads((out / "warm_start.json").read_text())
+    table = pd.read_parquet(out / "trials.parquet").sort_values("trial_index")
+    ratios = table[[f"ratio.{g}" for g in groups]].to_dict("records")
+    assert ratios[0] == {f"ratio.{g}": 0.0 for g in groups}  # the dense trial
+    for got, want in zip(ratios[1:4], plan["points"], strict=True):
+        assert got == {f"ratio.{g}": pytest.approx(want[g]) for g in groups}
+    assert len(table) == 5 and len(plan["points"]) == 3

@@ -243,7 +243,7 @@ def check_resumable(out: Path, config: ExperimentConfig | None = None) -> Experi
     return before
 
 
-def _search_alg(config: ExperimentConfig, groups, out: Path):
+def _search_alg(config: ExperimentConfig, groups, out: Path, warm: dict | None = None):
     import optuna
     from optuna.distributions import FloatDistribution
 
@@ -253,12 +253,14 @@ def _search_alg(config: ExperimentConfig, groups, out: Path):
     # The dense point (all ratios 0) may lie below the search range on purpose.
     warnings.filterwarnings("ignore", message="Fixed parameter .* is out of range")
     space = {g: FloatDistribution(*config.ratios.bounds(g)) for g in groups}
+    warm_points = list(warm["points"]) if warm else []
     return StoppingOptunaSearch(
         space,
         metric="score",
         mode=config.objective.mode,
-        sampler=build_sampler(config),
-        points_to_evaluate=[dict.fromkeys(groups, 0.0)],  # trial 0: the dense model
+        sampler=build_sampler(config, start=warm_points[0] if warm_points else None),
+        # trial 0: the dense model; then the warm start's points, if any
+        points_to_evaluate=[dict.fromkeys(groups, 0.0), *warm_points],
         stop_file=StudyFolder(out).stop_file,
     )
 
@@ -283,11 +285,17 @@ def _counts_iterations(config: ExperimentConfig) -> bool:
     return SAMPLERS.metadata(config.search.sampler).get("budget") == "iterations"
 
 
-def build_sampler(config: ExperimentConfig):
-    """The study's Optuna sampler; a bad option value is a usage error naming the option."""
-    from crdiff_search.samplers import create_sampler
+def build_sampler(config: ExperimentConfig, *, start: dict | None = None):
+    """The study's Optuna sampler; a bad option value is a usage error naming the option.
+    ``start`` (a warm start's first point) becomes an annealing chain's start point unless
+    the experiment sets one."""
+    from crdiff_search.samplers import create_sampler, sampler_options
 
     options = dict(config.search.sampler_options)
+    if start is not None and "start" in sampler_options(config.search.sampler):
+        from crdiff_search.samplers import StartAt
+
+        options.setdefault("start", StartAt(dict(start)))
     if _counts_iterations(config):
         options.setdefault("max_iterations", config.search.trials)
     try:
@@ -425,6 +433,13 @@ def run_study(
     say = Reporter(f"{config.study} {config.resolution}", mode=progress)
     say.phase("checking the model, the partition and the prompts")
     groups, _ = prepare(config)
+    warm = None
+    if config.search.warm_start != "none" and not resume:
+        from crdiff_search.warm_start import plan_warm_start, save_warm_start
+
+        say.phase("reading the warm start's recipes from the registry")
+        warm = plan_warm_start(config, groups)
+        save_warm_start(out, warm)
     study_id = _study_id(out, config, resume)
 
     import ray
@@ -498,7 +513,7 @@ def run_study(
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=_search_alg(config, groups, out),
+                    search_alg=_search_alg(config, groups, out, warm),
                     scheduler=_scheduler(config),
                     num_samples=study_budget(config),
                     max_concurrent_trials=config.search.concurrency,
