@@ -68,6 +68,24 @@ def plan_warm_start(config, groups) -> dict[str, Any] | None:
     return {"registry": reg.uri, "points": points, "sources": sources}
 
 
+def given_points(config, groups, points) -> dict[str, Any]:
+    """A warm start of given points ``[{group: ratio}, ...]``, checked and clipped into the
+    study's bounds (a missing or unknown group is a usage error)."""
+    out = []
+    for i, point in enumerate(points):
+        if not isinstance(point, dict) or set(point) != set(groups):
+            raise UsageError(
+                f"start point {i} {point!r} must give a ratio for exactly the groups "
+                f"{', '.join(groups)}"
+            )
+        clipped = {}
+        for g in groups:
+            lo, hi = config.ratios.bounds(g)
+            clipped[g] = round(min(max(float(point[g]), lo), hi), 6)
+        out.append(clipped)
+    return {"registry": None, "points": out, "sources": ["given"] * len(out)}
+
+
 def save_warm_start(out: Path, plan: dict[str, Any] | None) -> None:
     if plan is None:
         return

@@ -357,8 +357,12 @@ def test_warm_started_study_runs_the_points_first(ray_session, tiny_model, tmp_p
     uri = fresh_registry_uri(tmp_path / "reg")
     reg = Registry(uri)
     model = str(tiny_model)
-    reg.export(make_recipe(model=model, width=64, height=64, ratios={"down": 0.4, "mid": 0.1, "up": 0.3}))
-    reg.export(make_recipe(model=model, width=16, height=16, ratios={"down": 0.2, "mid": 0.5, "up": 0.0}))
+    reg.export(
+        make_recipe(model=model, width=64, height=64, ratios={"down": 0.4, "mid": 0.1, "up": 0.3})
+    )
+    reg.export(
+        make_recipe(model=model, width=16, height=16, ratios={"down": 0.2, "mid": 0.5, "up": 0.0})
+    )
     out = tmp_path / "warm"
     config = tiny_config(
         tiny_model,
@@ -380,3 +384,53 @@ def test_warm_started_study_runs_the_points_first(ray_session, tiny_model, tmp_p
     for got, want in zip(ratios[1:4], plan["points"], strict=True):
         assert got == {f"ratio.{g}": pytest.approx(want[g]) for g in groups}
     assert len(table) == 5 and len(plan["points"]) == 3
+
+
+def test_refine_end_to_end_on_the_testbed(ray_session, tmp_path):
+    """`refine` on the testbed, tiny budget: trial 1 is the registry recipe, the verdict rows
+    are dense / registry / refined on new seeds, the files are written, and the shared registry
+    changes only with export."""
+    from test_recipe_roundtrip import make_recipe
+    from test_registry_core import fresh_registry_uri
+
+    from crdiff_search.recipe import Recipe
+    from crdiff_search.refine import refine
+    from crdiff_search.registry import Registry
+
+    uri = fresh_registry_uri(tmp_path / "reg")
+    reg = Registry(uri)
+    shared = make_recipe(
+        width=24,
+        height=24,
+        ratios={"down": 0.9, "mid": 0.6, "up": 0.2},
+        poa_w=1.0,
+        poa_window=None,
+        steps=2,
+        guidance=2.0,
+        model_revision=None,
+    )
+    reg.export(shared)
+    result = refine(
+        "testbed",
+        (24, 24),
+        ["three green triangles"],
+        trials=3,
+        seeds_per_prompt=2,
+        check_seeds=2,
+        registry=uri,
+        concurrency=1,
+        out=tmp_path / "refine",
+        progress=False,
+    )
+    table = pd.read_parquet(tmp_path / "refine" / "study" / "trials.parquet")
+    first = table[table["trial_index"] == 1].iloc[0]
+    assert {g: first[f"ratio.{g}"] for g in ("down", "mid", "up")} == pytest.approx(shared.ratios)
+    assert [r["name"] for r in result.rows] == ["dense", "registry", "refined"]
+    assert "vs_registry_low" in result.rows[2] and result.verdict
+    saved = Recipe.load(tmp_path / "refine" / "recipe.json")
+    assert saved == result.refined and saved.resolution == (24, 24)
+    assert saved.scores["heldout_prompts"] == 2
+    assert (tmp_path / "refine" / "refine_compare.png").is_file()
+    info = json.loads((tmp_path / "refine" / "refine.json").read_text())
+    assert info["base"]["ratios"] == pytest.approx(shared.ratios) and info["exported"] is None
+    assert [e.version for e in reg.list("testbed")] == [1]  # the shared alias did not move

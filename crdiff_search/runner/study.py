@@ -407,8 +407,12 @@ def run_study(
     resume: bool = False,
     address: str | None = None,
     progress: bool = True,
+    start_points: list[dict] | None = None,
 ) -> StudyResult:
     """Run (or resume) a study and return its summary.
+
+    ``start_points`` (``[{group: ratio}, ...]``, e.g. a registry recipe to refine) are run
+    right after the dense trial, as a registry warm start's points are (and saved with them).
 
     Trials run on Ray Tune with Optuna's ask/tell driving the configured sampler; trial 0 is
     the dense model. ``DIR/trials.parquet`` is kept current while trials finish; Ray's own
@@ -434,11 +438,14 @@ def run_study(
     say.phase("checking the model, the partition and the prompts")
     groups, _ = prepare(config)
     warm = None
-    if config.search.warm_start != "none" and not resume:
-        from crdiff_search.warm_start import plan_warm_start, save_warm_start
+    if not resume and (start_points or config.search.warm_start != "none"):
+        from crdiff_search.warm_start import given_points, plan_warm_start, save_warm_start
 
-        say.phase("reading the warm start's recipes from the registry")
-        warm = plan_warm_start(config, groups)
+        if start_points:
+            warm = given_points(config, groups, start_points)
+        else:
+            say.phase("reading the warm start's recipes from the registry")
+            warm = plan_warm_start(config, groups)
         save_warm_start(out, warm)
     study_id = _study_id(out, config, resume)
 
