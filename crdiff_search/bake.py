@@ -98,6 +98,7 @@ def bake(
             "dense network at every step: apply the recipe to the base model with "
             "crdiff_search.apply_recipe for that"
         ),
+        "attention_scaling": found.attention_scaling,
         "base_model": model,
         "resolution": found.resolution_str,
         "recipe_checksum": found.checksum,
@@ -109,5 +110,11 @@ def bake(
             f"the recipe's POA weight is {found.poa_w:g}: the baked folder holds the pruned "
             f"weights (w = 1) and {POA_FILE} keeps the POA setting, which plain diffusers "
             "cannot apply"
+        )
+    if found.attention_scaling:
+        warn(
+            f"the recipe also scales attention ({found.attention_scaling}); the factor depends on "
+            "the token count of each generation, so it is not in the weights: apply the recipe "
+            "with crdiff_search.apply_recipe for it"
         )
     return BakeResult(folder, found, source, dropped)
