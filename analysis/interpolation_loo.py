@@ -1,0 +1,236 @@
+"""Leave one resolution out: is an interpolated recipe better than the nearest one?
+
+The registry of a map holds the recipes of its *repaired* resolutions (``crdiff export``
+refuses null results). For each resolution of the map, that resolution's recipe is taken out
+and predicted from the others two ways: the nearest registered recipe (today's fallback) and
+:func:`~crdiff_search.interpolate.interpolate_recipe` (the training size as a dense anchor).
+Both, the resolution's own searched recipe (the map's winner) and the dense model are scored
+on the map's held-out prompts and seeds, paired.
+
+Run (about 30 minutes on 2 CPU cores for the testbed's 8 resolutions)::
+
+    python -m crdiff_search.analysis.interpolation_loo docs/repair-map/map.csv --out docs/interpolation
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+VARIANTS = ("dense", "own", "nearest", "interpolated")
+TABLE_CSV = "loo.csv"
+REPORT = "loo.md"
+FIGURE = "loo.png"
+
+
+def map_recipes(rows: Sequence[dict], *, model: str = "testbed") -> dict[str, object]:
+    """The recipes a registry of the map would hold: one per repaired resolution."""
+    from crdiff_search.recipe import Recipe
+
+    out = {}
+    for row in rows:
+        if row["verdict"] != "repaired":
+            continue
+        res = str(row["resolution"]).replace(" (R)", "")
+        w, h = (int(v) for v in res.split("x"))
+        out[res] = Recipe(
+            model=model,
+            width=w,
+            height=h,
+            ratios={g: float(row[g]) for g in ("down", "mid", "up")},
+            poa_w=float(row["winner_w"]),
+            objective="scene",
+        )
+    return out
+
+
+def predictions(target: str, registered: dict, training) -> dict[str, object]:
+    """The nearest and the interpolated recipe at ``target`` from ``registered`` (target
+    left out)."""
+    from crdiff_search.interpolate import interpolate_recipe
+    from crdiff_search.registry import nearest_resolution
+    from crdiff_search.resolution import format_resolution, parse_resolution
+
+    others = {r: rec for r, rec in registered.items() if r != target}
+    near = others[format_resolution(*nearest_resolution(target, list(others)))]
+    tw, th = parse_resolution(target)
+    return {
+        "nearest": near.replace(width=tw, height=th),
+        "interpolated": interpolate_recipe((tw, th), list(others.values()), training=training),
+    }
+
+
+def measure(row: dict, registered: dict, *, training, n_prompts=None, log=print) -> list[dict]:
+    from crdiff_search.analysis.stats import paired_difference
+    from crdiff_search.config import load_experiment
+    from crdiff_search.rerank import evaluate_candidate, heldout_prompts, task_spec
+
+    res = str(row["resolution"]).replace(" (R)", "")
+    config = load_experiment(None, resolution=res, **{"tracking.enabled": False})
+    prompts, seeds = heldout_prompts(config, n=n_prompts)
+    spec = task_spec(config, prompts, seeds)
+    own = {g: float(row[g]) for g in ("down", "mid", "up")}
+    recipes = predictions(res, registered, training)
+    variants = {
+        "dense": (None, 1.0),
+        "own": ({"trial_id": "own", "ratios": own}, float(row["winner_w"])),
+        **{k: ({"trial_id": k, "ratios": r.ratios}, r.poa_w) for k, r in recipes.items()},
+    }
+    per_image, out = {}, []
+    for name, (cand, w) in variants.items():
+        t0 = time.perf_counter()
+        result = evaluate_candidate(spec, cand, (w,))[0]
+        per_image[name] = np.asarray(result["image_scores"], dtype=np.float64)
+        ratios = cand["ratios"] if cand else dict.fromkeys(own, 0.0)
+        out.append(
+            {
+                "resolution": res,
+                "variant": name,
+                "score": float(result["score"]),
+                "poa_w": w,
+                **{f"ratio.{g}": ratios[g] for g in own},
+                "source": recipes[name].trial_id if name in recipes else "",
+                "n_prompts": len(prompts),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        log(f"  {res} {name:>12}: {result['score']:.4f} (w={w:g}, {out[-1]['seconds']} s)")
+    for item in out:
+        for ref in ("dense", "own", "nearest"):
+            if item["variant"] == ref or (ref == "nearest" and item["variant"] != "interpolated"):
+                continue
+            if ref == "own" and item["variant"] == "dense":
+                continue
+            d = paired_difference(per_image[item["variant"]], per_image[ref])
+            item[f"vs_{ref}"] = d["delta"]
+            item[f"vs_{ref}_low"] = d["ci_low"]
+            item[f"vs_{ref}_high"] = d["ci_high"]
+    return out
+
+
+def _ci(r, ref: str) -> str:
+    if pd.isna(r.get(f"vs_{ref}")):
+        return ""
+    return f"{r[f'vs_{ref}']:+.3f} [{r[f'vs_{ref}_low']:+.3f}, {r[f'vs_{ref}_high']:+.3f}]"
+
+
+def format_markdown(table: pd.DataFrame) -> str:
+    lines = [
+        "| resolution | variant | ratios down / mid / up, POA w | held-out score | vs dense "
+        "| vs own recipe | interpolated vs nearest |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for _, r in table.iterrows():
+        ratios = (
+            f"{r['ratio.down']:.2f} / {r['ratio.mid']:.2f} / {r['ratio.up']:.2f}, {r['poa_w']:g}"
+        )
+        lines.append(
+            f"| {r['resolution']} | {r['variant']} | {ratios} | {r['score']:.3f} | "
+            f"{_ci(r, 'dense')} | {_ci(r, 'own')} | {_ci(r, 'nearest')} |"
+        )
+    inter = table[table["variant"] == "interpolated"]
+    if len(inter):
+        better = int((inter["vs_nearest_low"] > 0).sum())
+        worse = int((inter["vs_nearest_high"] < 0).sum())
+        lines.append("")
+        lines.append(
+            f"Interpolated minus nearest, mean over {len(inter)} resolutions: "
+            f"{inter['vs_nearest'].mean():+.4f}; better by its 95 % interval at {better}, worse "
+            f"at {worse}, no difference at {len(inter) - better - worse}."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def figure(table: pd.DataFrame):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    resolutions = list(dict.fromkeys(table["resolution"]))
+    variants = ["own", "nearest", "interpolated"]
+    colors = {"own": "#55a868", "nearest": "#dd8452", "interpolated": "#4c72b0"}
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(resolutions) + 2), 4.2))
+    width = 0.8 / len(variants)
+    for i, v in enumerate(variants):
+        sub = table[table["variant"] == v].set_index("resolution").reindex(resolutions)
+        x = np.arange(len(resolutions)) + (i - 1) * width
+        err = np.vstack(
+            [sub["vs_dense"] - sub["vs_dense_low"], sub["vs_dense_high"] - sub["vs_dense"]]
+        )
+        label = {
+            "own": "its own searched recipe",
+            "nearest": "nearest other recipe",
+            "interpolated": "interpolated from the others",
+        }[v]
+        ax.bar(x, sub["vs_dense"], width, yerr=err, capsize=3, label=label, color=colors[v])
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(resolutions)), resolutions)
+    ax.set_xlabel("resolution left out (width x height)")
+    ax.set_ylabel("held-out score minus dense (95 % CI)")
+    ax.set_title("Leave one resolution out: predicted recipes against the searched one")
+    ax.legend(frameon=False, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m crdiff_search.analysis.interpolation_loo",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("map_csv", help="map.csv of `crdiff map`")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--training", default="32x32", help="the model's training size (32x32)")
+    parser.add_argument(
+        "--prompts", type=int, default=None, help="held-out prompts (default: the map's)"
+    )
+    parser.add_argument("--resolutions", default="", help="comma-separated subset (default: all)")
+    args = parser.parse_args(argv)
+    rows = pd.read_csv(args.map_csv).to_dict("records")
+    registered = map_recipes(rows)
+    if len(registered) < 2:
+        raise SystemExit(
+            f"error: {args.map_csv} has {len(registered)} repaired resolutions; need 2"
+        )
+    wanted = [r for r in args.resolutions.split(",") if r]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / TABLE_CSV
+    frames = [pd.read_csv(path)] if path.is_file() else []
+    done = set(frames[0]["resolution"]) if frames else set()
+    for row in rows:
+        res = str(row["resolution"]).replace(" (R)", "")
+        if (wanted and res not in wanted) or res in done:
+            continue
+        print(f"{res}:", file=sys.stderr)
+        frames.append(
+            pd.DataFrame(
+                measure(
+                    row,
+                    registered,
+                    training=args.training,
+                    n_prompts=args.prompts,
+                    log=lambda s: print(s, file=sys.stderr),
+                )
+            )
+        )
+        pd.concat(frames, ignore_index=True).to_csv(path, index=False, float_format="%.6g")
+    table = pd.concat(frames, ignore_index=True)
+    from crdiff_search.analysis.plots import save_png
+
+    save_png(figure(table), out / FIGURE)
+    (out / REPORT).write_text(format_markdown(table), encoding="utf-8")
+    sys.stdout.write(format_markdown(table))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
