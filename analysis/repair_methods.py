@@ -131,12 +131,15 @@ def measure_resolution(
 
 
 def verdict(row: pd.Series) -> str:
+    """``helps`` / ``hurts``: the 95 % bootstrap interval excludes zero and the Wilcoxon test
+    agrees (p < 0.05); ``suggestive``: the interval alone excludes zero (discrete scores with
+    many ties make the two disagree); else ``no difference``."""
     if row["method"] == "dense":
         return ""
-    if row["delta_low"] > 0:
-        return "helps"
-    if row["delta_high"] < 0:
-        return "hurts"
+    if row["delta_low"] > 0 or row["delta_high"] < 0:
+        if row["p"] < 0.05:
+            return "helps" if row["delta_low"] > 0 else "hurts"
+        return "suggestive"
     return "no difference"
 
 
