@@ -186,7 +186,13 @@ def figure(table: pd.DataFrame, title: str = ""):
         sub = table[table["method"] == m].set_index("resolution").reindex(resolutions)
         x = np.arange(len(resolutions)) + (i - (len(methods) - 1) / 2) * width
         err = np.vstack([sub["delta"] - sub["delta_low"], sub["delta_high"] - sub["delta"]])
-        ax.bar(x, sub["delta"], width, yerr=err, capsize=3, label=m, color=colors.get(m))
+        label = {
+            "entropy": "entropy scaling alone",
+            "pruned": "pruning alone (the map's ratios)",
+            "pruned+entropy": "the same ratios + entropy scaling",
+            SEARCHED: "pruning searched with entropy scaling on",
+        }[m]
+        ax.bar(x, sub["delta"], width, yerr=err, capsize=3, label=label, color=colors.get(m))
     ax.axhline(0, color="black", lw=0.8)
     ax.set_xticks(np.arange(len(resolutions)), resolutions)
     ax.set_xlabel("resolution (width x height)")

@@ -50,7 +50,10 @@ def plan_warm_start(config, groups) -> dict[str, Any] | None:
     fits.sort(key=lambda r: resolution_distance(target, r.resolution))
     predicted = interpolate_recipe(target, fits, training=training_resolution(key))
     candidates = [(predicted.ratios, predicted.trial_id)]
-    candidates += [(r.ratios, f"{r.resolution_str} (study {r.study_id})") for r in fits]
+    candidates += [
+        (r.ratios, r.resolution_str + (f" (study {r.study_id})" if r.study_id else ""))
+        for r in fits
+    ]
     points, sources, seen = [], [], set()
     for ratios, source in candidates:
         point = {}
