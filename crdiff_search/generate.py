@@ -59,7 +59,7 @@ def resolve_recipe(
     *,
     registry: str | None = None,
     strict: bool = False,
-    fallback: str = "nearest",
+    fallback: str = "interpolate",
     warn: Callable[[str], None] = lambda _: None,
 ):
     """``(recipe or None, source in words)`` for ``recipe`` = ``"registry"``, a JSON path, a
@@ -85,12 +85,14 @@ def resolve_recipe(
         if fallback == "interpolate" and not strict:
             found, used = reg.interpolate(model, resolution)
             if found.resolution == used[0].resolution and len(used) == 1:
-                return found, f"registry {used[0].name} version {used[0].version}"
+                e = used[0]
+                return found, f"registry {e.name} version {e.version} ({e.resolution_str})"
             warn(
                 f"no recipe for {model} at {resolution[0]}x{resolution[1]}; interpolated from "
                 f"{found.trial_id.split(':', 1)[1]} (resolution=weight)"
             )
-            return found, f"interpolated from {len(used)} registered recipes"
+            names = ", ".join(e.resolution_str for e in used)
+            return found, f"interpolated from the recipes registered at {names}"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NearestResolutionWarning)
             entry = reg.resolve(model, resolution, strict=strict)
@@ -118,7 +120,7 @@ def generate(
     recipe="registry",
     registry: str | None = None,
     strict: bool = False,
-    fallback: str = "nearest",
+    fallback: str = "interpolate",
     poa_w: float | None = None,
     poa_window=None,
     compare: bool = False,

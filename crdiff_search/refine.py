@@ -128,7 +128,7 @@ def refine(
     check_seeds: int = 8,
     recipe="registry",
     registry: str | None = None,
-    fallback: str = "nearest",
+    fallback: str = "interpolate",
     sampler: str = "anneal",
     concurrency: int = 2,
     out: str | Path | None = None,

@@ -10,7 +10,7 @@ Example::
 
     reg = Registry("sqlite:///mlflow.db")
     reg.export(recipe)                              # -> RegistryEntry(version=3, ...)
-    recipe = reg.get("testbed", (64, 48))           # nearest resolution, with a warning, if absent
+    recipe = reg.get("testbed", (64, 48))           # interpolated, with a warning, if absent
     reg.get("testbed", "96x96", strict=True)        # RecipeNotFoundError if absent
 
 Exports are safe to run concurrently: MLflow numbers versions atomically, and the resolution
@@ -63,6 +63,10 @@ class RegistryError(CrdiffError, RuntimeError):
 
 class NearestResolutionWarning(UserWarning):
     """``Registry.get`` returned the recipe of another (the nearest) registered resolution."""
+
+
+class InterpolatedRecipeWarning(NearestResolutionWarning):
+    """``Registry.get`` returned a recipe interpolated from other registered resolutions."""
 
 
 @dataclass
@@ -383,10 +387,30 @@ class Registry:
         entry.requested = wanted
         return entry
 
-    def get(self, model: str, resolution, *, strict: bool = False) -> Recipe:
-        """The recipe for ``model`` at ``resolution``; the nearest registered resolution (by
-        aspect ratio, then area) with a :class:`NearestResolutionWarning` when absent, or
+    def get(
+        self, model: str, resolution, *, strict: bool = False, fallback: str = "interpolate"
+    ) -> Recipe:
+        """The recipe for ``model`` at ``resolution``. Where none is registered: one
+        interpolated from the registered recipes and the training size
+        (:meth:`interpolate`, ``fallback="interpolate"``, the default: it beat the nearest
+        recipe held out, see docs/beyond-the-paper.md) with an
+        :class:`InterpolatedRecipeWarning`, or the nearest registered resolution's (by aspect
+        ratio, then area; ``"nearest"``) with a :class:`NearestResolutionWarning`, or
         :class:`RecipeNotFoundError` with ``strict``."""
+        from crdiff_search.interpolate import FALLBACKS
+
+        if fallback not in FALLBACKS:
+            raise UsageError(f"fallback {fallback!r} is not valid; valid: {', '.join(FALLBACKS)}")
+        if fallback == "interpolate" and not strict:
+            recipe, used = self.interpolate(model, resolution)
+            if recipe.resolution != used[0].resolution or len(used) > 1:
+                warnings.warn(
+                    f"no recipe for {model_key(model)} at {format_resolution(*recipe.resolution)}"
+                    f"; interpolated from {recipe.trial_id.split(':', 1)[1]} (resolution=weight)",
+                    InterpolatedRecipeWarning,
+                    stacklevel=2,
+                )
+            return recipe
         entry = self.resolve(model, resolution, strict=strict)
         return self.read_recipe(entry)
 
@@ -413,9 +437,7 @@ class Registry:
 
             training = training_resolution(key)
         recipes = [self.read_recipe(e) for e in entries]
-        recipe = interpolate_recipe(
-            wanted, recipes, training=training, k=k or DEFAULT_NEIGHBOURS
-        )
+        recipe = interpolate_recipe(wanted, recipes, training=training, k=k or DEFAULT_NEIGHBOURS)
         return recipe, entries
 
     def read_recipe(self, entry: RegistryEntry) -> Recipe:

@@ -103,6 +103,8 @@ def test_generate_from_registry_nearest_and_strict(model_dir, tmp_path, capsys):
             str(out),
             "--seed",
             "7",
+            "--fallback",
+            "nearest",
         ]
     )
     assert code == 0
@@ -130,6 +132,15 @@ def test_generate_from_registry_nearest_and_strict(model_dir, tmp_path, capsys):
     )
     assert code == 2
     assert "strict" in capsys.readouterr().err
+    # the default: interpolated from 16x16 and the tiny model's training size as a dense anchor
+    code = main(
+        ["generate", "--model", str(model_dir), "--resolution", "24x16", "--prompt", "x",
+         "--registry", uri, "--out", str(tmp_path / "interp")]
+    )  # fmt: skip
+    assert code == 0
+    assert "interpolated from" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "interp" / "generation.json").read_text())
+    assert meta["recipe"] == "interpolated from the recipes registered at 16x16"
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 from test_recipe_roundtrip import make_recipe
 
+from crdiff_search.errors import UsageError
 from crdiff_search.recipe import RecipeError
 from crdiff_search.registry import (
+    InterpolatedRecipeWarning,
     NearestResolutionWarning,
     RecipeNotFoundError,
     Registry,
@@ -90,14 +92,20 @@ def test_get_nearest_resolution_warns_and_strict_raises(filled):
     with pytest.warns(
         NearestResolutionWarning, match=r"at 96x72; using the nearest registered resolution 64x48"
     ):
-        recipe = reg.get("testbed", "96x72")
+        recipe = reg.get("testbed", "96x72", fallback="nearest")
     assert recipe.resolution == (64, 48)
     with pytest.warns(NearestResolutionWarning, match="96x96"):
-        assert reg.get("testbed", "100x100").resolution == (96, 96)
+        assert reg.get("testbed", "100x100", fallback="nearest").resolution == (96, 96)
     with pytest.raises(RecipeNotFoundError, match=r"strict.*registered resolutions: 64x48, 96x96"):
         reg.get("testbed", "96x72", strict=True)
     with pytest.raises(RecipeNotFoundError, match="no recipes registered for model 'other'"):
         reg.get("other", "64x64")
+    # the default fallback interpolates (the training size, 32x32, joins as a dense anchor)
+    with pytest.warns(InterpolatedRecipeWarning, match="at 96x72; interpolated from 64x48="):
+        between = reg.get("testbed", "96x72")
+    assert between.resolution == (96, 72) and between.trial_id.startswith("interpolated:")
+    with pytest.raises(UsageError, match="fallback 'closest'"):
+        reg.get("testbed", "96x72", fallback="closest")
 
 
 def test_list_and_show(filled):

@@ -45,9 +45,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--fallback",
         choices=("nearest", "interpolate"),
-        default="nearest",
-        help="at a resolution the registry does not hold: the nearest registered recipe "
-        "(default), or one interpolated from the registered neighbours and the training size",
+        default="interpolate",
+        help="at a resolution the registry does not hold: a recipe interpolated from the "
+        "registered ones and the training size (default), or the nearest registered recipe",
     )
     parser.add_argument(
         "--poa-w", type=float, default=None, help="POA weight (default: the recipe's)"

@@ -39,8 +39,9 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--fallback",
         choices=("nearest", "interpolate"),
-        default="nearest",
-        help="where the registry has no recipe at WxH: the nearest one, or an interpolated one",
+        default="interpolate",
+        help="where the registry has no recipe at WxH: an interpolated one (default) or the "
+        "nearest one",
     )
     parser.add_argument("--sampler", default="anneal", help="search sampler (default anneal)")
     parser.add_argument("--concurrency", type=int, default=2, help="trials at once (2)")
