@@ -148,37 +148,20 @@ def format_markdown(table: pd.DataFrame) -> str:
 
 
 def figure(table: pd.DataFrame):
-    import matplotlib
+    from crdiff_search.analysis.plots import delta_bars
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    resolutions = list(dict.fromkeys(table["resolution"]))
-    variants = ["own", "nearest", "interpolated"]
-    colors = {"own": "#55a868", "nearest": "#dd8452", "interpolated": "#4c72b0"}
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(resolutions) + 2), 4.2))
-    width = 0.8 / len(variants)
-    for i, v in enumerate(variants):
-        sub = table[table["variant"] == v].set_index("resolution").reindex(resolutions)
-        x = np.arange(len(resolutions)) + (i - 1) * width
-        err = np.vstack(
-            [sub["vs_dense"] - sub["vs_dense_low"], sub["vs_dense_high"] - sub["vs_dense"]]
-        )
-        label = {
-            "own": "its own searched recipe",
-            "nearest": "nearest other recipe",
-            "interpolated": "interpolated from the others",
-        }[v]
-        ax.bar(x, sub["vs_dense"], width, yerr=err, capsize=3, label=label, color=colors[v])
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(resolutions)), resolutions)
-    ax.set_xlabel("resolution left out (width x height)")
-    ax.set_ylabel("held-out score minus dense (95 % CI)")
-    ax.set_title("Leave one resolution out: predicted recipes against the searched one")
-    ax.legend(frameon=False, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return delta_bars(
+        table,
+        key="variant",
+        column="vs_dense",
+        series={
+            "own": ("its own searched recipe", "#55a868"),
+            "nearest": ("nearest other recipe", "#dd8452"),
+            "interpolated": ("interpolated from the others", "#4c72b0"),
+        },
+        xlabel="resolution left out (width x height)",
+        title="Leave one resolution out: predicted recipes against the searched one",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -214,5 +214,39 @@ def early_stopping_figure(
         "filled: full evaluation; hollow: ASHA over prompt chunks",
         fontsize=10,
     )
+    fig.tight_layout()
+    return fig
+
+
+def delta_bars(
+    table: pd.DataFrame,
+    *,
+    key: str,
+    series: Mapping[str, tuple[str, str]],
+    column: str = "delta",
+    xlabel: str = "resolution (width x height)",
+    ylabel: str = "held-out score minus dense (95 % CI)",
+    title: str = "",
+) -> Figure:
+    """Grouped bars of ``column`` (with ``column_low`` / ``column_high`` as its interval) per
+    resolution, one bar per ``series`` value of ``table[key]`` (``{value: (label, color)}``)."""
+    resolutions = list(dict.fromkeys(table["resolution"]))
+    shown = [v for v in series if v in set(table[key])]
+    fig = Figure(figsize=(max(7.0, 1.1 * len(resolutions) + 2), 4.2))
+    ax = fig.add_subplot()
+    width = 0.8 / max(1, len(shown))
+    for i, value in enumerate(shown):
+        sub = table[table[key] == value].set_index("resolution").reindex(resolutions)
+        x = np.arange(len(resolutions)) + (i - (len(shown) - 1) / 2) * width
+        err = np.vstack([sub[column] - sub[f"{column}_low"], sub[f"{column}_high"] - sub[column]])
+        label, color = series[value]
+        ax.bar(x, sub[column], width, yerr=err, capsize=3, label=label, color=color)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(np.arange(len(resolutions)), resolutions)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(frameon=False, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -167,41 +167,19 @@ def format_markdown(table: pd.DataFrame) -> str:
 
 
 def figure(table: pd.DataFrame, title: str = ""):
-    import matplotlib
+    from crdiff_search.analysis.plots import delta_bars
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = [m for m in (*METHODS[1:], SEARCHED) if m in set(table["method"])]
-    resolutions = list(dict.fromkeys(table["resolution"]))
-    fig, ax = plt.subplots(figsize=(max(7.0, 1.1 * len(resolutions) + 2), 4.2))
-    width = 0.8 / len(methods)
-    colors = {
-        "entropy": "#4c72b0",
-        "pruned": "#dd8452",
-        "pruned+entropy": "#55a868",
-        SEARCHED: "#8172b3",
-    }
-    for i, m in enumerate(methods):
-        sub = table[table["method"] == m].set_index("resolution").reindex(resolutions)
-        x = np.arange(len(resolutions)) + (i - (len(methods) - 1) / 2) * width
-        err = np.vstack([sub["delta"] - sub["delta_low"], sub["delta_high"] - sub["delta"]])
-        label = {
-            "entropy": "entropy scaling alone",
-            "pruned": "pruning alone (the map's ratios)",
-            "pruned+entropy": "the same ratios + entropy scaling",
-            SEARCHED: "pruning searched with entropy scaling on",
-        }[m]
-        ax.bar(x, sub["delta"], width, yerr=err, capsize=3, label=label, color=colors.get(m))
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xticks(np.arange(len(resolutions)), resolutions)
-    ax.set_xlabel("resolution (width x height)")
-    ax.set_ylabel("held-out score minus dense (95 % CI)")
-    ax.set_title(title or "Repair methods against the dense model, held out")
-    ax.legend(frameon=False, fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return delta_bars(
+        table,
+        key="method",
+        series={
+            "entropy": ("entropy scaling alone", "#4c72b0"),
+            "pruned": ("pruning alone (the map's ratios)", "#dd8452"),
+            "pruned+entropy": ("the same ratios + entropy scaling", "#55a868"),
+            SEARCHED: ("pruning searched with entropy scaling on", "#8172b3"),
+        },
+        title=title or "Repair methods against the dense model, held out",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """``crdiff generate``: images at a resolution from a base model plus its recipe (pruning + POA).
 
 ``--recipe registry`` (default) looks the recipe up in the registry by (model, resolution),
-falling back to the nearest registered resolution with a warning unless ``--strict``;
+falling back to a recipe interpolated from the registered ones (``--fallback nearest``: the
+nearest registered resolution's) with a warning unless ``--strict``;
 ``--recipe FILE`` reads a recipe JSON; ``--recipe none`` generates with the dense model.
 ``--compare`` also writes ``compare.png``: dense | pruned | POA side by side, one row per prompt.
 The work is :func:`crdiff_search.generate.generate`.
@@ -21,16 +22,12 @@ def register(subparsers) -> None:
         help="generate images from a model and its registered (or given) recipe",
         description=(
             "Generate images at WIDTHxHEIGHT with the model pruned and amplified by its recipe. "
-            "The recipe comes from the registry (nearest resolution, with a warning, when that "
-            "resolution has none), from a JSON file, or is 'none' (the dense model)."
+            "The recipe comes from the registry (where that resolution has none: one interpolated "
+            "from the registered ones, with a warning), from a JSON file, or is 'none' (the "
+            "dense model)."
         ),
     )
-    parser.add_argument("--model", required=True, help="'testbed', a pipeline folder or a hub id")
-    parser.add_argument("--resolution", required=True, help="WIDTHxHEIGHT, e.g. 768x512")
-    parser.add_argument(
-        "--prompt", action="append", default=[], help="a prompt (repeat the flag for more)"
-    )
-    parser.add_argument("--prompts", default=None, help="a text file, one prompt per line")
+    add_model_and_prompts(parser)
     parser.add_argument(
         "--recipe", default="registry", help="'registry' (default), a recipe JSON file, or 'none'"
     )
@@ -87,16 +84,32 @@ def register(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
-    from crdiff_search.generate import generate
-    from crdiff_search.resolution import parse_resolution
+def add_model_and_prompts(parser) -> None:
+    """``--model``, ``--resolution``, ``--prompt`` (repeatable) and ``--prompts FILE``."""
+    parser.add_argument("--model", required=True, help="'testbed', a pipeline folder or a hub id")
+    parser.add_argument("--resolution", required=True, help="WIDTHxHEIGHT, e.g. 768x512")
+    parser.add_argument(
+        "--prompt", action="append", default=[], help="a prompt (repeat the flag for more)"
+    )
+    parser.add_argument("--prompts", default=None, help="a text file, one prompt per line")
 
-    resolution = parse_resolution(args.resolution)
+
+def prompts_of(args: argparse.Namespace) -> list[str]:
+    """The prompts of ``--prompt`` (repeated) followed by the lines of ``--prompts FILE``."""
     prompts = list(args.prompt)
     if args.prompts:
         from crdiff_search.config import read_prompt_file
 
         prompts += read_prompt_file(args.prompts, "--prompts file")
+    return prompts
+
+
+def _run(args: argparse.Namespace) -> int:
+    from crdiff_search.generate import generate
+    from crdiff_search.resolution import parse_resolution
+
+    resolution = parse_resolution(args.resolution)
+    prompts = prompts_of(args)
     result = generate(
         args.model,
         resolution,

@@ -19,12 +19,9 @@ def register(subparsers) -> None:
             "the shared registry only with --export."
         ),
     )
-    parser.add_argument("--model", required=True, help="'testbed', a pipeline folder or a hub id")
-    parser.add_argument("--resolution", required=True, help="WIDTHxHEIGHT")
-    parser.add_argument(
-        "--prompt", action="append", default=[], help="a prompt (repeat the flag for more)"
-    )
-    parser.add_argument("--prompts", default=None, help="a text file, one prompt per line")
+    from crdiff_search.commands.generate import add_model_and_prompts
+
+    add_model_and_prompts(parser)
     parser.add_argument("--trials", type=int, default=16, help="search trials, dense included (16)")
     parser.add_argument("--seeds", type=int, default=8, help="search seeds per prompt (8)")
     parser.add_argument(
@@ -71,15 +68,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--sampler {args.sampler!r} is unknown; valid: {', '.join(SAMPLER_NAMES)}"
         )
-    prompts = list(args.prompt)
-    if args.prompts:
-        from crdiff_search.config import read_prompt_file
+    from crdiff_search.commands.generate import prompts_of
 
-        prompts += read_prompt_file(args.prompts, "--prompts file")
     result = refine(
         args.model,
         resolution,
-        prompts,
+        prompts_of(args),
         trials=args.trials,
         seeds_per_prompt=args.seeds,
         check_seeds=args.check_seeds,
