@@ -437,6 +437,12 @@ def run_comparison(
                 continue
             ran.append(study.name)
             log(f"  best {result.best_score:.4f} (dense {result.dense_score:.4f}), {result.states}")
+            if result.interrupted and not study_complete(result.table_path.parent, study.config):
+                # Ctrl-C, even before the study's first trial finished: stop here rather than
+                # starting the next study; running the command again resumes this one.
+                failed[study.name] = "stopped before its budget; run again to resume"
+                log(f"  {study.name}: {failed[study.name]}")
+                break
             if not result.states.get("COMPLETE"):
                 failed[study.name] = f"no trial completed: {_first_error(result.table_path)}"
                 log(f"  {study.name}: {failed[study.name]}")

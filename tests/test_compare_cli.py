@@ -320,6 +320,36 @@ def test_an_interrupted_study_stops_the_comparison(experiment, tmp_path, monkeyp
     assert result.failed == {"tpe-s0": "stopped before its budget; run again to resume"}
 
 
+def test_ctrl_c_before_any_trial_finished_stops_the_comparison(experiment, tmp_path, monkeypatch):
+    """A Ctrl-C while a study's first trials run (no trial complete yet) stops the comparison
+    there too; it used to be taken for a broken study and the next one started."""
+    import ray
+
+    from crdiff_search import runner
+    from crdiff_search.runner.study import StudyResult
+
+    calls = []
+
+    def stopped_early(config, *, out_dir, resume, address, progress):
+        calls.append(config.search.sampler)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "experiment.toml").write_text(config.to_toml())
+        return StudyResult(
+            out_dir / "trials.parquet", out_dir, {}, float("nan"), float("nan"), "", None, 0,
+            {"RUNNING": 2}, budget=3, interrupted=True,
+        )  # fmt: skip
+
+    monkeypatch.setattr(runner, "run_study", stopped_early)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    plan = plan_comparison(
+        str(experiment), samplers=["tpe", "random"], seeds=[0], trials=3, out_dir=tmp_path
+    )
+    with pytest.raises(RuntimeError, match="no study produced a trial table"):
+        run_comparison(plan, tmp_path, log=lambda _: None)
+    assert calls == ["tpe"]
+
+
 def test_heldout_scores_each_pick_once_into_the_report(experiment, tmp_path, monkeypatch):
     """--heldout N: every complete study's pick (its best search trial) and the dense model
     are scored on N held-out prompts through rerank (1 candidate, no POA), once per study;
