@@ -66,11 +66,11 @@ def resolve_recipe(
     :class:`~crdiff_search.recipe.Recipe`, or ``None``/``"none"`` (dense). At a resolution the
     registry does not hold, ``fallback`` takes the ``"nearest"`` registered recipe or
     ``"interpolate"``s one from the registered neighbours."""
-    from crdiff_search.interpolate import FALLBACKS
-
-    if fallback not in FALLBACKS:
-        raise UsageError(f"fallback {fallback!r} is not valid; valid: {', '.join(FALLBACKS)}")
     import warnings
+
+    from crdiff_search.interpolate import check_fallback
+
+    check_fallback(fallback)
 
     from crdiff_search.recipe import Recipe
 
@@ -82,26 +82,13 @@ def resolve_recipe(
         from crdiff_search.registry import NearestResolutionWarning, Registry
 
         reg = Registry(registry)
-        if fallback == "interpolate" and not strict:
-            found, used = reg.interpolate(model, resolution)
-            if found.resolution == used[0].resolution and len(used) == 1:
-                e = used[0]
-                return found, f"registry {e.name} version {e.version} ({e.resolution_str})"
-            warn(
-                f"no recipe for {model} at {resolution[0]}x{resolution[1]}; interpolated from "
-                f"{found.trial_id.split(':', 1)[1]} (resolution=weight)"
-            )
-            names = ", ".join(e.resolution_str for e in used)
-            return found, f"interpolated from the recipes registered at {names}"
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", NearestResolutionWarning)
-            entry = reg.resolve(model, resolution, strict=strict)
+            warnings.simplefilter("always", NearestResolutionWarning)  # interpolated ones too
+            found, source = reg.lookup(model, resolution, strict=strict, fallback=fallback)
         for w in caught:
             if issubclass(w.category, NearestResolutionWarning):
                 warn(str(w.message))
-        return reg.read_recipe(entry), (
-            f"registry {entry.name} version {entry.version} ({entry.resolution_str})"
-        )
+        return found, source
     else:
         found, source = Recipe.load(recipe), str(recipe)
     if found.resolution != tuple(resolution):

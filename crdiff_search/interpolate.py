@@ -25,6 +25,15 @@ from crdiff_search.resolution import format_resolution, parse_resolution
 
 FALLBACKS = ("nearest", "interpolate")  # what a registry lookup does at an unregistered size
 DEFAULT_NEIGHBOURS = 3
+
+
+def check_fallback(fallback: str) -> str:
+    """``fallback`` if it is one of :data:`FALLBACKS`, else a usage error listing them."""
+    if fallback not in FALLBACKS:
+        raise UsageError(f"fallback {fallback!r} is not valid; valid: {', '.join(FALLBACKS)}")
+    return fallback
+
+
 _EXACT = 1e-12
 
 

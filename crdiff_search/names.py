@@ -61,3 +61,4 @@ PRUNER_BACKUP_MODES = ("auto", "device", "host")
 # ``search.repair``): attention-entropy scaling (crdiff_search.attention_scaling).
 ATTENTION_SCALINGS = ("entropy",)
 REPAIRS = ("prune", "entropy", "prune+entropy")  # what a study searches or applies
+WARM_STARTS = ("none", "registry")  # where a study's first trials after the dense one come from

@@ -397,22 +397,32 @@ class Registry:
         :class:`InterpolatedRecipeWarning`, or the nearest registered resolution's (by aspect
         ratio, then area; ``"nearest"``) with a :class:`NearestResolutionWarning`, or
         :class:`RecipeNotFoundError` with ``strict``."""
-        from crdiff_search.interpolate import FALLBACKS
+        return self.lookup(model, resolution, strict=strict, fallback=fallback)[0]
 
-        if fallback not in FALLBACKS:
-            raise UsageError(f"fallback {fallback!r} is not valid; valid: {', '.join(FALLBACKS)}")
+    def lookup(
+        self, model: str, resolution, *, strict: bool = False, fallback: str = "interpolate"
+    ) -> tuple[Recipe, str]:
+        """:meth:`get`'s recipe and where it came from, in words (the version read, or the
+        resolutions interpolated from); warns as :meth:`get` does."""
+        from crdiff_search.interpolate import check_fallback
+
+        check_fallback(fallback)
         if fallback == "interpolate" and not strict:
             recipe, used = self.interpolate(model, resolution)
-            if recipe.resolution != used[0].resolution or len(used) > 1:
-                warnings.warn(
-                    f"no recipe for {model_key(model)} at {format_resolution(*recipe.resolution)}"
-                    f"; interpolated from {recipe.trial_id.split(':', 1)[1]} (resolution=weight)",
-                    InterpolatedRecipeWarning,
-                    stacklevel=2,
-                )
-            return recipe
+            if recipe.resolution == used[0].resolution and len(used) == 1:
+                e = used[0]
+                return recipe, f"registry {e.name} version {e.version} ({e.resolution_str})"
+            warnings.warn(
+                f"no recipe for {model_key(model)} at {format_resolution(*recipe.resolution)}"
+                f"; interpolated from {recipe.trial_id.split(':', 1)[1]} (resolution=weight)",
+                InterpolatedRecipeWarning,
+                stacklevel=3,
+            )
+            names = ", ".join(e.resolution_str for e in used)
+            return recipe, f"interpolated from the recipes registered at {names}"
         entry = self.resolve(model, resolution, strict=strict)
-        return self.read_recipe(entry)
+        source = f"registry {entry.name} version {entry.version} ({entry.resolution_str})"
+        return self.read_recipe(entry), source
 
     def interpolate(self, model: str, resolution, *, training=None, k: int | None = None):
         """The recipe predicted at ``resolution`` from the registered recipes of ``model``

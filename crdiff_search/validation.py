@@ -34,7 +34,7 @@ from crdiff_search.config import (
     sampling_defaults,
 )
 from crdiff_search.errors import ConfigErrors, UsageError
-from crdiff_search.names import DTYPES, GRANULARITIES, KINDS, REPAIRS, SCHEDULERS
+from crdiff_search.names import DTYPES, GRANULARITIES, KINDS, REPAIRS, SCHEDULERS, WARM_STARTS
 from crdiff_search.resolution import parse_resolution
 
 
@@ -480,9 +480,7 @@ def _search(raw: dict) -> SearchSpec:
         early_stopping=_expect("search.early_stopping", raw.get("early_stopping", False), "bool"),
         retries=retries,
         repair=repair,
-        warm_start=_choice(
-            "search.warm_start", raw.get("warm_start", "none"), ["none", "registry"]
-        ),
+        warm_start=_choice("search.warm_start", raw.get("warm_start", "none"), list(WARM_STARTS)),
         warm_start_points=_at_least(
             "search.warm_start_points",
             _expect("search.warm_start_points", raw.get("warm_start_points", 3), "int"),

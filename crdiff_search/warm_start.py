@@ -19,8 +19,6 @@ from typing import Any
 from crdiff_search.errors import UsageError
 from crdiff_search.study_folder import StudyFolder
 
-WARM_STARTS = ("none", "registry")
-
 
 def plan_warm_start(config, groups) -> dict[str, Any] | None:
     """``{"points": [{group: ratio}, ...], "sources": [...], "registry": uri}`` for the study,
@@ -56,10 +54,7 @@ def plan_warm_start(config, groups) -> dict[str, Any] | None:
     ]
     points, sources, seen = [], [], set()
     for ratios, source in candidates:
-        point = {}
-        for g in groups:
-            lo, hi = config.ratios.bounds(g)
-            point[g] = round(min(max(float(ratios[g]), lo), hi), 6)
+        point = _clipped(config, groups, ratios)
         key_ = tuple(point[g] for g in groups)
         if key_ in seen:
             continue
@@ -81,12 +76,17 @@ def given_points(config, groups, points) -> dict[str, Any]:
                 f"start point {i} {point!r} must give a ratio for exactly the groups "
                 f"{', '.join(groups)}"
             )
-        clipped = {}
-        for g in groups:
-            lo, hi = config.ratios.bounds(g)
-            clipped[g] = round(min(max(float(point[g]), lo), hi), 6)
-        out.append(clipped)
+        out.append(_clipped(config, groups, point))
     return {"registry": None, "points": out, "sources": ["given"] * len(out)}
+
+
+def _clipped(config, groups, ratios) -> dict[str, float]:
+    """``ratios`` clipped into the study's bounds, rounded to 6 decimals."""
+    out = {}
+    for g in groups:
+        lo, hi = config.ratios.bounds(g)
+        out[g] = round(min(max(float(ratios[g]), lo), hi), 6)
+    return out
 
 
 def save_warm_start(out: Path, plan: dict[str, Any] | None) -> None:

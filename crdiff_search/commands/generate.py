@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from crdiff_search.generate import DEFAULT_OUT
+from crdiff_search.interpolate import FALLBACKS
 
 
 def register(subparsers) -> None:
@@ -41,7 +42,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--fallback",
-        choices=("nearest", "interpolate"),
+        choices=FALLBACKS,
         default="interpolate",
         help="at a resolution the registry does not hold: a recipe interpolated from the "
         "registered ones and the training size (default), or the nearest registered recipe",

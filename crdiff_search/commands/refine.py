@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from crdiff_search.interpolate import FALLBACKS
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -35,7 +37,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--fallback",
-        choices=("nearest", "interpolate"),
+        choices=FALLBACKS,
         default="interpolate",
         help="where the registry has no recipe at WxH: an interpolated one (default) or the "
         "nearest one",
