@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 VARIANTS = ("dense", "own", "nearest", "interpolated")
@@ -67,47 +65,44 @@ def predictions(target: str, registered: dict, training) -> dict[str, object]:
 
 
 def measure(row: dict, registered: dict, *, training, n_prompts=None, log=print) -> list[dict]:
-    from crdiff_search.analysis.stats import paired_difference
-    from crdiff_search.config import load_experiment
-    from crdiff_search.rerank import evaluate_candidate, heldout_prompts, task_spec
+    from crdiff_search.analysis.heldout import HeldOut
 
     res = str(row["resolution"]).replace(" (R)", "")
-    config = load_experiment(None, resolution=res, **{"tracking.enabled": False})
-    prompts, seeds = heldout_prompts(config, n=n_prompts)
-    spec = task_spec(config, prompts, seeds)
+    held = HeldOut.at(res, n_prompts=n_prompts)
     own = {g: float(row[g]) for g in ("down", "mid", "up")}
     recipes = predictions(res, registered, training)
     variants = {
-        "dense": (None, 1.0),
-        "own": ({"trial_id": "own", "ratios": own}, float(row["winner_w"])),
-        **{k: ({"trial_id": k, "ratios": r.ratios}, r.poa_w) for k, r in recipes.items()},
+        "dense": (dict.fromkeys(own, 0.0), 1.0),
+        "own": (own, float(row["winner_w"])),
+        **{k: (dict(r.ratios), r.poa_w) for k, r in recipes.items()},
     }
-    per_image, out = {}, []
-    for name, (cand, w) in variants.items():
-        t0 = time.perf_counter()
-        result = evaluate_candidate(spec, cand, (w,))[0]
-        per_image[name] = np.asarray(result["image_scores"], dtype=np.float64)
-        ratios = cand["ratios"] if cand else dict.fromkeys(own, 0.0)
+    out = []
+    for name, (ratios, w) in variants.items():
+        score = held.score(ratios, w=w)
+        seconds = held.seconds[held.key(ratios, w=w)]
         out.append(
             {
                 "resolution": res,
                 "variant": name,
-                "score": float(result["score"]),
+                "score": score,
                 "poa_w": w,
                 **{f"ratio.{g}": ratios[g] for g in own},
                 "source": recipes[name].trial_id if name in recipes else "",
-                "n_prompts": len(prompts),
-                "seconds": round(time.perf_counter() - t0, 1),
+                "n_prompts": len(held.prompts),
+                "seconds": seconds,
             }
         )
-        log(f"  {res} {name:>12}: {result['score']:.4f} (w={w:g}, {out[-1]['seconds']} s)")
+        log(f"  {res} {name:>12}: {score:.4f} (w={w:g}, {seconds} s)")
+    references = {  # each variant against these
+        "own": ("dense",),
+        "nearest": ("dense", "own"),
+        "interpolated": ("dense", "own", "nearest"),
+    }
     for item in out:
-        for ref in ("dense", "own", "nearest"):
-            if item["variant"] == ref or (ref == "nearest" and item["variant"] != "interpolated"):
-                continue
-            if ref == "own" and item["variant"] == "dense":
-                continue
-            d = paired_difference(per_image[item["variant"]], per_image[ref])
+        ratios, w = variants[item["variant"]]
+        for ref in references.get(item["variant"], ()):
+            ref_ratios, ref_w = variants[ref]
+            d = held.versus(ratios, w=w, reference=held.scores(ref_ratios, w=ref_w))
             item[f"vs_{ref}"] = d["delta"]
             item[f"vs_{ref}_low"] = d["ci_low"]
             item[f"vs_{ref}_high"] = d["ci_high"]

@@ -67,9 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--experiment", default=None, help="the comparison's experiment file")
     args = parser.parse_args(argv)
 
-    from crdiff_search.analysis.stats import paired_difference
-    from crdiff_search.config import load_experiment
-    from crdiff_search.rerank import evaluate_candidate, heldout_prompts, task_spec
+    from crdiff_search.analysis.heldout import HeldOut
 
     folder = Path(args.compare_dir)
     table = pd.read_parquet(folder / "comparison.parquet")
@@ -78,10 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     groups = [c[len("ratio.") :] for c in table.columns if c.startswith("ratio.")]
     budgets = [int(b) for b in args.budgets.split(",")]
     picks = picks_at(table, budgets, groups)
-    config = load_experiment(args.experiment, resolution=resolution, **{"tracking.enabled": False})
-    prompts, seeds = heldout_prompts(config, n=args.prompts)
-    spec = task_spec(config, prompts, seeds)
-    dense = np.asarray(evaluate_candidate(spec, None, (1.0,))[0]["image_scores"])
+    held = HeldOut.at(resolution, experiment=args.experiment, n_prompts=args.prompts)
     path = folder / COSTS
     memo: dict[tuple, float] = {}
     if path.is_file():  # earlier runs: their scores are kept
@@ -92,12 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         key = tuple(round(r[f"ratio.{g}"], 6) for g in groups)
         if key not in memo:
             print(f"[{i + 1}/{len(picks)}] {r['study']} at {r['budget']} trials", file=sys.stderr)
-            if all(v == 0 for v in key):
-                memo[key] = 0.0
-            else:
-                cand = {"trial_id": "pick", "ratios": {g: r[f"ratio.{g}"] for g in groups}}
-                scores = np.asarray(evaluate_candidate(spec, cand, (1.0,))[0]["image_scores"])
-                memo[key] = paired_difference(scores, dense)["delta"]
+            memo[key] = held.versus({g: r[f"ratio.{g}"] for g in groups})["delta"]
         gains.append(memo[key])
     picks["heldout_gain"] = gains
     path.parent.mkdir(parents=True, exist_ok=True)

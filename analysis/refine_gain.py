@@ -27,21 +27,14 @@ CAPTION_SEED = 777_000  # captions none of the studies draw
 
 def screen(recipe, captions: Sequence[str], seeds_per_prompt: int) -> pd.DataFrame:
     """Dense and recipe mean scores per caption on ``seeds_per_prompt`` seeds (20_000 + i)."""
+    from crdiff_search.analysis.heldout import HeldOut
     from crdiff_search.config import load_experiment
-    from crdiff_search.rerank import evaluate_candidate
-    from crdiff_search.runner.spec import WorkerSpec
 
     config = load_experiment(None, resolution=recipe.resolution_str, **{"tracking.enabled": False})
     prompts = [c for c in captions for _ in range(seeds_per_prompt)]
-    seeds = [20_000 + i for i in range(len(prompts))]
-    spec = WorkerSpec.from_config(config, prompts=prompts, seeds=seeds, attention_scaling=None)
-    dense = evaluate_candidate(spec, None, (1.0,))[0]["image_scores"]
-    cand = {
-        "trial_id": "shared",
-        "ratios": recipe.ratios,
-        "attention_scaling": recipe.attention_scaling,
-    }
-    shared = evaluate_candidate(spec, cand, (recipe.poa_w,))[0]["image_scores"]
+    held = HeldOut(config, prompts, [20_000 + i for i in range(len(prompts))])
+    dense = held.dense
+    shared = held.scores(recipe.ratios, w=recipe.poa_w, attention_scaling=recipe.attention_scaling)
     frame = pd.DataFrame({"prompt": prompts, "dense": dense, "shared": shared})
     return frame.groupby("prompt", sort=False).mean().reset_index()
 

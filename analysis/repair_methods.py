@@ -7,7 +7,9 @@ no POA), and the same ratios with entropy scaling on (not searched again). Studi
 with ``search.repair = "prune+entropy"`` can be added (``--searched``): their best trial's
 ratios, with entropy scaling. Every method gets its paired difference from dense with a 95 %
 bootstrap interval and a Wilcoxon p; "pruned + entropy" also against pruning alone (do they
-add up?).
+add up?). A resolution already in the output table gets only its missing rows: adding a
+``--searched`` study scores the dense model, pruning alone and the searched ratios again, not
+the four methods.
 
 Run (about 30 minutes on 2 CPU cores for the testbed's 8 resolutions)::
 
@@ -18,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from crdiff_search.errors import UsageError
@@ -32,12 +32,6 @@ SEARCHED = "searched+entropy"
 TABLE_CSV = "methods.csv"
 FIGURE = "methods.png"
 REPORT = "methods.md"
-
-
-def _config(experiment: str | None, resolution: str):
-    from crdiff_search.config import load_experiment
-
-    return load_experiment(experiment, resolution=resolution, **{"tracking.enabled": False})
 
 
 def _searched_ratios(folder: Path, groups: Sequence[str], mode: str) -> dict[str, float]:
@@ -60,60 +54,49 @@ def measure_resolution(
     experiment: str | None = None,
     n_prompts: int | None = None,
     searched: Path | None = None,
+    only: Collection[str] | None = None,
     log=print,
 ) -> list[dict]:
-    """The methods at one resolution of the map: one row each, with per-image scores."""
-    from crdiff_search.analysis.stats import paired_difference
-    from crdiff_search.rerank import evaluate_candidate, heldout_prompts, task_spec
+    """The methods at one resolution of the map (those in ``only`` when given), one row each;
+    the dense model and pruning alone are scored as references either way."""
+    from crdiff_search.analysis.heldout import HeldOut
 
     resolution = str(row["resolution"]).replace(" (R)", "")
-    config = _config(experiment, resolution)
-    prompts, seeds = heldout_prompts(config, n=n_prompts)
-    spec = task_spec(config, prompts, seeds)
-    groups = [g for g in ("down", "mid", "up") if g in row] or list(spec.groups)
+    held = HeldOut.at(resolution, experiment=experiment, n_prompts=n_prompts)
+    groups = list(held.groups)
     ratios = {g: float(row[g]) for g in groups}
-    zeros = {g: 0.0 for g in groups}
-    candidates = {
-        "entropy": {"trial_id": "entropy", "ratios": zeros, "attention_scaling": "entropy"},
-        "pruned": {"trial_id": "pruned", "ratios": ratios, "attention_scaling": None},
-        "pruned+entropy": {
-            "trial_id": "pruned+entropy",
-            "ratios": ratios,
-            "attention_scaling": "entropy",
-        },
+    zeros = dict.fromkeys(groups, 0.0)
+    methods = {  # name: (ratios, attention scaling)
+        "dense": (zeros, None),
+        "entropy": (zeros, "entropy"),
+        "pruned": (ratios, None),
+        "pruned+entropy": (ratios, "entropy"),
     }
     if searched is not None:
-        found = _searched_ratios(searched, groups, config.objective.mode)
-        candidates[SEARCHED] = {
-            "trial_id": SEARCHED,
-            "ratios": found,
-            "attention_scaling": "entropy",
-        }
-    per_image, out = {}, []
-    for method in ("dense", *candidates):
-        t0 = time.perf_counter()
-        cand = candidates.get(method)
-        result = evaluate_candidate(spec, cand, (1.0,))[0]
-        per_image[method] = np.asarray(result["image_scores"], dtype=np.float64)
-        used = cand["ratios"] if cand else zeros
+        found = _searched_ratios(searched, groups, held.config.objective.mode)
+        methods[SEARCHED] = (found, "entropy")
+    out = []
+    for method, (used, scaling) in methods.items():
+        if only is not None and method not in only:
+            continue
+        score = held.score(used, attention_scaling=scaling)
+        seconds = held.seconds[held.key(used, attention_scaling=scaling)]
         out.append(
             {
                 "resolution": resolution,
                 "method": method,
-                "score": float(result["score"]),
+                "score": score,
                 **{f"ratio.{g}": used[g] for g in groups},
-                "n_prompts": len(prompts),
-                "heldout_seed": seeds[0],
-                "seconds": round(time.perf_counter() - t0, 1),
+                "n_prompts": len(held.prompts),
+                "heldout_seed": held.seeds[0],
+                "seconds": seconds,
             }
         )
-        log(f"  {resolution} {method:>16}: {result['score']:.4f} ({out[-1]['seconds']} s)")
-    maximize = config.objective.mode != "min"
-    for item in out:
-        if item["method"] == "dense":
+        log(f"  {resolution} {method:>16}: {score:.4f} ({seconds} s)")
+        if method == "dense":
             continue
-        d = paired_difference(per_image[item["method"]], per_image["dense"], maximize=maximize)
-        item.update(
+        d = held.versus(used, attention_scaling=scaling)
+        out[-1].update(
             delta=d["delta"],
             delta_low=d["ci_low"],
             delta_high=d["ci_high"],
@@ -122,9 +105,9 @@ def measure_resolution(
             ties=d["ties"],
             losses=d["losses"],
         )
-        if item["method"] in ("pruned+entropy", SEARCHED):
-            g = paired_difference(per_image[item["method"]], per_image["pruned"], maximize=maximize)
-            item.update(
+        if method in ("pruned+entropy", SEARCHED):
+            g = held.versus(used, attention_scaling=scaling, reference=held.scores(ratios))
+            out[-1].update(
                 vs_pruned=g["delta"], vs_pruned_low=g["ci_low"], vs_pruned_high=g["ci_high"]
             )
     return out
@@ -224,21 +207,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         if wanted and res not in wanted:
             continue
         have = set(done["method"][done["resolution"] == res]) if not done.empty else set()
-        need = set(METHODS) | ({SEARCHED} if res in searched else set())
-        if need <= have:
+        need = (set(METHODS) | ({SEARCHED} if res in searched else set())) - have
+        if not need:
             print(f"{res}: already measured", file=sys.stderr)
             continue
-        print(f"{res}:", file=sys.stderr)
+        print(f"{res}: {', '.join(sorted(need))}", file=sys.stderr)
         measured = pd.DataFrame(
             measure_resolution(
                 row,
                 experiment=args.experiment,
                 n_prompts=args.prompts,
                 searched=searched.get(res),
+                only=need,
                 log=lambda s: print(s, file=sys.stderr),
             )
         )
-        frames = [f[f["resolution"] != res] for f in frames] + [measured]
+        drop = [(f["resolution"] == res) & f["method"].isin(need) for f in frames]
+        frames = [f[~d] for f, d in zip(frames, drop, strict=True)] + [measured]
         pd.concat(frames, ignore_index=True).to_csv(table_path, index=False, float_format="%.6g")
     table = pd.concat(frames, ignore_index=True)
     order = {r: i for i, r in enumerate(known)}

@@ -22,7 +22,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 SHARE = 0.95
@@ -54,9 +53,8 @@ def _picks(table: pd.DataFrame, groups: Sequence[str]) -> list[tuple[int, dict]]
 def measure_target(target: str, args, recipes: dict, out: Path, curves: list, finals: list):
     """Cold and warm studies at ``target`` and the held-out gains of their picks (appended to
     ``curves`` and ``finals``)."""
-    from crdiff_search.analysis.stats import paired_difference
+    from crdiff_search.analysis.heldout import HeldOut
     from crdiff_search.config import load_experiment
-    from crdiff_search.rerank import evaluate_candidate, heldout_prompts, task_spec
     from crdiff_search.runner import run_study
     from crdiff_search.study_folder import StudyFolder
 
@@ -80,17 +78,7 @@ def measure_target(target: str, args, recipes: dict, out: Path, curves: list, fi
         )
 
     config = study_config("none")
-    prompts, seeds = heldout_prompts(config, n=args.prompts)
-    spec = task_spec(config, prompts, seeds)
-    dense = np.asarray(evaluate_candidate(spec, None, (1.0,))[0]["image_scores"])
-    memo: dict[tuple, np.ndarray] = {}
-
-    def heldout(ratios: dict) -> np.ndarray:
-        key = tuple(round(ratios[g], 6) for g in groups)
-        if key not in memo:
-            cand = {"trial_id": "pick", "ratios": ratios}
-            memo[key] = np.asarray(evaluate_candidate(spec, cand, (1.0,))[0]["image_scores"])
-        return memo[key]
+    held = HeldOut.of(config, n_prompts=args.prompts)
 
     for arm in ("cold", "warm"):
         folder = out / "studies" / f"{target}-{arm}"
@@ -101,14 +89,14 @@ def measure_target(target: str, args, recipes: dict, out: Path, curves: list, fi
         table = StudyFolder(folder).read_table()
         n_images = len(config.prompt_list())
         for trials, ratios in _picks(table, groups):
-            gain = float(heldout(ratios).mean() - dense.mean())
+            gain = held.score(ratios) - held.score(None)
             curves.append(
                 {"resolution": target, "arm": arm, "trials": trials,
                  "images": trials * n_images, "heldout_gain": gain,
                  **{f"ratio.{g}": ratios[g] for g in groups}}
             )  # fmt: skip
         last = _picks(table, groups)[-1][1]
-        d = paired_difference(heldout(last), dense)
+        d = held.versus(last)
         finals.append(
             {"resolution": target, "arm": arm, "heldout_gain": d["delta"],
              "low": d["ci_low"], "high": d["ci_high"], "p": d["p"],
