@@ -141,11 +141,14 @@ def plan_comparison(
     seeds: Sequence[int],
     trials: int | None = None,
     early_stopping: bool = False,
+    plain: bool = True,
     overrides: Mapping[str, Any] | None = None,
     out_dir: str | Path | None = None,
 ) -> ComparePlan:
     """Validate everything and build one study config per arm (no Ray, no weights).
     ``trials`` defaults to the experiment's budget, ``out_dir`` to ``runs/compare-<study>``.
+    With ``early_stopping`` every sampler also runs with ASHA (``+asha`` arms); ``plain=False``
+    leaves out the arms without it (to add ASHA arms to a comparison that has its plain ones).
 
     The prompts are fixed to the experiment's own list (the testbed samples its captions from
     the search seed, which would otherwise differ between seeds) and the generation seeds are
@@ -160,6 +163,8 @@ def plan_comparison(
     trials = base.search.trials if trials is None else trials
     if trials < 2:
         raise UsageError(f"--trials must be >= 2 (trial 0 is the dense model), got {trials}")
+    if not plain and not early_stopping:
+        raise UsageError("leaving out the plain arms needs early stopping (--early-stopping-only)")
     _, summary = prepare(base)  # model, resolution, groups: fail before anything runs
     prompts = base.prompt_list()
     chunk = base.prompts.chunk_size
@@ -177,7 +182,7 @@ def plan_comparison(
         "search.trials": trials,
         "tracking.experiment": base.tracking.experiment or f"{base.study}-compare",
     }
-    arms = [False, True] if early_stopping else [False]
+    arms = [es for es in (False, True) if (es and early_stopping) or (not es and plain)]
     studies = []
     # Seed-major order: a comparison cut short still has every sampler on its first seeds.
     for es in arms:

@@ -104,6 +104,23 @@ def test_plan_pins_prompts_and_generation_seeds_and_varies_only_the_sampler(expe
     assert plan.context["resolution"] == "32x32" and plan.maximize
 
 
+def test_early_stopping_only_plans_the_asha_arms_alone(experiment, tmp_path):
+    plan = plan_comparison(
+        str(experiment),
+        samplers=["gp", "tpe"],
+        seeds=[3],
+        trials=4,
+        early_stopping=True,
+        plain=False,
+        out_dir=tmp_path,
+    )
+    assert [s.name for s in plan.studies] == ["gp-asha-s3", "tpe-asha-s3"]
+    assert all(s.config.search.early_stopping for s in plan.studies)
+    assert {len(s.config.chunks()) for s in plan.studies} == {2}
+    with pytest.raises(UsageError, match="--early-stopping-only"):
+        plan_comparison(str(experiment), samplers=["gp"], seeds=[0], plain=False)
+
+
 def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(experiment, tmp_path):
     plan = plan_comparison(
         str(experiment), samplers=["random"], seeds=[0], trials=3, out_dir=tmp_path

@@ -48,6 +48,11 @@ def register(subparsers) -> None:
         help="also run every sampler with ASHA over prompt chunks (+asha arms)",
     )
     parser.add_argument(
+        "--early-stopping-only",
+        action="store_true",
+        help="run only the +asha arms (to add them to a comparison that has the plain ones)",
+    )
+    parser.add_argument(
         "--report-only",
         metavar="DIR",
         default=None,
@@ -146,7 +151,8 @@ def _compare(args: argparse.Namespace) -> int:
             samplers=samplers,
             seeds=seeds,
             trials=args.trials,
-            early_stopping=args.early_stopping,
+            early_stopping=args.early_stopping or args.early_stopping_only,
+            plain=not args.early_stopping_only,
             overrides=overrides,
             out_dir=out,
         )
