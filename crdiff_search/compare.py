@@ -497,3 +497,94 @@ def run_comparison(
         _save_picks(out, picks)
     report = build_report(out, share=share)
     return CompareResult(table_path, report, tuple(ran), tuple(skipped), failed, tuple(collected))
+
+
+# Context lines that may differ between merged comparisons (the rest must match).
+_MERGE_FREE = ("early stopping",)
+
+
+def merge_comparisons(
+    sources: Sequence[str | Path], out_dir: str | Path, *, share: float = DEFAULT_SHARE
+) -> Path:
+    """One comparison from several ``crdiff compare`` folders of the same experiment (seeds run
+    at different times, ASHA arms added later): their tables, held-out picks and manifests
+    joined into ``out_dir`` (which may be one of them), and the report rebuilt.
+
+    The folders must agree on the model, resolution, prompts, sampling, budget and objective
+    (their manifest's context); a study present in two folders must have the same trials
+    there. Everything is read and checked before anything is written."""
+    import pandas as pd
+
+    from crdiff_search.analysis.table import load_table, save_table
+
+    folders = [Path(s) for s in sources]
+    if len(folders) < 2:
+        raise UsageError("--merge needs at least two comparison folders")
+    manifests, tables, picks = [], [], []
+    for folder in folders:
+        if not (folder / MANIFEST).is_file() or not (folder / TABLE).is_file():
+            raise UsageError(f"{folder} is not a comparison folder (no {MANIFEST} or {TABLE})")
+        manifests.append(json.loads((folder / MANIFEST).read_text(encoding="utf-8")))
+        tables.append(load_table(folder / TABLE))
+        if (folder / PICKS_TABLE).is_file():
+            picks.append(pd.read_csv(folder / PICKS_TABLE))
+    first = manifests[0]
+    for folder, manifest in zip(folders[1:], manifests[1:], strict=True):
+        for key in ("maximize", "score_label", "trials"):
+            if manifest.get(key) != first.get(key):
+                raise UsageError(
+                    f"{folder} differs from {folders[0]} in {key}: "
+                    f"{manifest.get(key)!r} vs {first.get(key)!r}; only comparisons of the "
+                    "same experiment can be merged"
+                )
+        a, b = first.get("context", {}), manifest.get("context", {})
+        for key in sorted((set(a) | set(b)) - set(_MERGE_FREE)):
+            if a.get(key) != b.get(key):
+                raise UsageError(
+                    f"{folder} differs from {folders[0]} in {key}: {b.get(key)!r} vs "
+                    f"{a.get(key)!r}; only comparisons of the same experiment can be merged"
+                )
+    kept: dict[str, pd.DataFrame] = {}
+    origin: dict[str, Path] = {}
+    key_columns = ["trial_id", "state", "score"]
+    for folder, table in zip(folders, tables, strict=True):
+        for study, rows in table.groupby("study", sort=False):
+            rows = rows.sort_values("trial_index").reset_index(drop=True)
+            if study in kept:
+                same = kept[study][key_columns].equals(rows[key_columns])
+                if not same:
+                    raise UsageError(
+                        f"study {study} is in {origin[study]} and in {folder} with different "
+                        "trials; merge comparisons whose studies differ (other seeds or arms)"
+                    )
+                continue
+            kept[study], origin[study] = rows, folder
+    table = pd.concat(kept.values(), ignore_index=True)
+    studies: dict[str, Any] = {}
+    samplers: list[str] = []
+    for manifest in manifests:
+        studies.update({k: v for k, v in manifest.get("studies", {}).items() if k not in studies})
+        samplers += [s for s in manifest.get("samplers", []) if s not in samplers]
+    context = dict(first.get("context", {}))
+    for manifest in manifests:
+        for key in _MERGE_FREE:
+            if key in manifest.get("context", {}):
+                context.setdefault(key, manifest["context"][key])
+    merged = {
+        **first,
+        "samplers": samplers,
+        "seeds": sorted({int(s) for m in manifests for s in m.get("seeds", [])}),
+        "early_stopping": any(m.get("early_stopping") for m in manifests),
+        "context": context,
+        "studies": studies,
+        "collected": [c for m in manifests for c in m.get("collected", [])],
+        "merged": [str(f) for f in folders],
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_table(table, out / TABLE)
+    if picks:
+        joined = pd.concat(picks, ignore_index=True).drop_duplicates("study", keep="first")
+        _save_picks(out, joined[joined["study"].isin(kept)])
+    (out / MANIFEST).write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return build_report(out, share=share)

@@ -421,3 +421,85 @@ def test_heldout_scores_each_pick_once_into_the_report(experiment, tmp_path, mon
     assert len(calls) == 4  # scored once per study
     with pytest.raises(UsageError, match="--heldout must be >= 0"):
         run_comparison(plan, tmp_path, heldout=-1, log=lambda _: None)
+
+
+def _fake_comparison(experiment, out, monkeypatch, *, seeds, early_stopping_only=False, **kw):
+    """A comparison folder whose studies are synthetic tables (no Ray, no model)."""
+    import ray
+
+    from crdiff_search import runner
+    from crdiff_search.runner.study import StudyResult
+
+    def complete_run_study(config, *, out_dir, resume, address, progress):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "experiment.toml").write_text(config.to_toml())
+        shift = 0.01 * config.search.seed + (0.05 if config.search.early_stopping else 0.0)
+        scores = [0.5, 0.6 + shift, 0.7 + shift]
+        study_table(scores, sampler=config.search.sampler, seed=config.search.seed).to_parquet(
+            out_dir / "trials.parquet"
+        )
+        return StudyResult(
+            out_dir / "trials.parquet", out_dir, {}, 0.7, 0.5, "", None, 3, {"COMPLETE": 3}, 3
+        )
+
+    monkeypatch.setattr(runner, "run_study", complete_run_study)
+    monkeypatch.setattr(ray, "init", lambda **kw: None)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)
+    plan = plan_comparison(
+        str(experiment),
+        samplers=["tpe", "random"],
+        seeds=seeds,
+        trials=3,
+        early_stopping=early_stopping_only,
+        plain=not early_stopping_only,
+        out_dir=out,
+        **kw,
+    )
+    run_comparison(plan, out, log=lambda _: None)
+    return out
+
+
+def test_merge_joins_seeds_and_asha_arms_and_refuses_other_experiments(
+    experiment, tmp_path, monkeypatch, capsys
+):
+    a = _fake_comparison(experiment, tmp_path / "a", monkeypatch, seeds=[0])
+    b = _fake_comparison(experiment, tmp_path / "b", monkeypatch, seeds=[1])
+    asha = _fake_comparison(
+        experiment, tmp_path / "asha", monkeypatch, seeds=[0], early_stopping_only=True
+    )
+    out = tmp_path / "all"
+    assert main(["compare", "--merge", str(a), str(b), str(asha), str(a), "--out", str(out)]) == 0
+    table = pd.read_parquet(out / TABLE)
+    assert sorted(table["study"].unique()) == [
+        "random-asha-s0", "random-s0", "random-s1", "tpe-asha-s0", "tpe-s0", "tpe-s1"
+    ]  # fmt: skip
+    assert len(table) == 6 * 3  # the folder given twice adds nothing
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["seeds"] == [0, 1] and manifest["early_stopping"] is True
+    assert len(manifest["studies"]) == 6 and "early stopping" in manifest["context"]
+    assert "tpe+asha" in (out / "report.md").read_text()
+
+    other = _fake_comparison(
+        experiment, tmp_path / "other", monkeypatch, seeds=[2], overrides={"resolution": "24x24"}
+    )
+    assert main(["compare", "--merge", str(a), str(other), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "differs from" in err and "resolution" in err and "'24x24'" in err
+    assert not (tmp_path / "x").exists()  # checked before anything is written
+
+    clash = tmp_path / "clash"
+    clash.mkdir()
+    for name in (MANIFEST, TABLE):
+        (clash / name).write_bytes((a / name).read_bytes())
+    changed = pd.read_parquet(clash / TABLE)
+    changed.loc[changed.index[-1], "score"] += 0.1
+    changed.to_parquet(clash / TABLE)
+    with pytest.raises(UsageError, match="tpe-s0 is in .* with different trials|random-s0 is in"):
+        from crdiff_search.compare import merge_comparisons
+
+        merge_comparisons([a, clash], tmp_path / "y")
+    assert main(["compare", "--merge", str(a), str(b)]) == 2
+    assert "--merge needs --out" in capsys.readouterr().err
+    assert main(["compare", "--merge", str(a), str(tmp_path / "nothing"), "--out", "z"]) == 2
+    assert "is not a comparison folder" in capsys.readouterr().err

@@ -59,6 +59,13 @@ def register(subparsers) -> None:
         help="rebuild the report of DIR from DIR/comparison.parquet; run nothing",
     )
     parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        default=None,
+        help="join these comparison folders (other seeds, ASHA arms) into --out; run nothing",
+    )
+    parser.add_argument(
         "--complete-only",
         action="store_true",
         help="run nothing: the table and report from the studies already complete",
@@ -120,6 +127,14 @@ def _compare(args: argparse.Namespace) -> int:
         from crdiff_search.analysis.compare import build_report
 
         path = build_report(args.report_only, share=args.share)
+        print(f"report: {path}")
+        return 0
+    if args.merge:
+        from crdiff_search.compare import merge_comparisons
+
+        if not args.out:
+            raise UsageError("--merge needs --out DIR (it may be one of the merged folders)")
+        path = merge_comparisons(args.merge, args.out, share=args.share)
         print(f"report: {path}")
         return 0
 
