@@ -65,6 +65,14 @@ class _TuneStopWatch(logging.Filter):
         return "Tuner.restore(" not in message and "Resume experiment with" not in message
 
 
+class _UnreportedTrials(logging.Filter):
+    """Hides Ray's warning, on resume, that trials which never reported have no metrics
+    (``FileNotFoundError`` per trial): those trials simply run again, as the resume says."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Failed to fetch metrics for" not in record.getMessage()
+
+
 def _ray_env(concurrency: int) -> None:
     # Without this the controller keeps one pending trial for a custom searcher, so trials
     # would run one at a time whatever the concurrency.
@@ -496,13 +504,19 @@ def run_study(
     table = None
     try:
         if resume:
-            tuner = tune.Tuner.restore(
-                str(exp_path),
-                trainable,
-                resume_unfinished=True,
-                resume_errored=False,
-                restart_errored=False,
-            )
+            analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+            quiet = _UnreportedTrials()
+            analysis_log.addFilter(quiet)
+            try:
+                tuner = tune.Tuner.restore(
+                    str(exp_path),
+                    trainable,
+                    resume_unfinished=True,
+                    resume_errored=False,
+                    restart_errored=False,
+                )
+            finally:
+                analysis_log.removeFilter(quiet)
         else:
             table = TrialTable(
                 table_path,
