@@ -562,9 +562,11 @@ def merge_comparisons(
     table = pd.concat(kept.values(), ignore_index=True)
     studies: dict[str, Any] = {}
     samplers: list[str] = []
-    for manifest in manifests:
-        studies.update({k: v for k, v in manifest.get("studies", {}).items() if k not in studies})
-        samplers += [s for s in manifest.get("samplers", []) if s not in samplers]
+    for manifest in manifests:  # a manifest lists planned studies: keep those with trials
+        found = manifest.get("studies", {}).items()
+        studies.update({k: v for k, v in found if k in kept and k not in studies})
+    for info in studies.values():
+        samplers += [info["sampler"]] if info["sampler"] not in samplers else []
     context = dict(first.get("context", {}))
     for manifest in manifests:
         for key in _MERGE_FREE:
@@ -573,8 +575,8 @@ def merge_comparisons(
     merged = {
         **first,
         "samplers": samplers,
-        "seeds": sorted({int(s) for m in manifests for s in m.get("seeds", [])}),
-        "early_stopping": any(m.get("early_stopping") for m in manifests),
+        "seeds": sorted({int(info["seed"]) for info in studies.values()}),
+        "early_stopping": any(info["early_stopping"] for info in studies.values()),
         "context": context,
         "studies": studies,
         "collected": [c for m in manifests for c in m.get("collected", [])],

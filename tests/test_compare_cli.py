@@ -465,6 +465,9 @@ def test_merge_joins_seeds_and_asha_arms_and_refuses_other_experiments(
 ):
     a = _fake_comparison(experiment, tmp_path / "a", monkeypatch, seeds=[0])
     b = _fake_comparison(experiment, tmp_path / "b", monkeypatch, seeds=[1])
+    manifest = json.loads((b / MANIFEST).read_text())  # planned, never run: not merged
+    manifest["studies"]["tpe-s9"] = {"sampler": "tpe", "seed": 9, "early_stopping": False}
+    (b / MANIFEST).write_text(json.dumps(manifest))
     asha = _fake_comparison(
         experiment, tmp_path / "asha", monkeypatch, seeds=[0], early_stopping_only=True
     )
