@@ -312,6 +312,10 @@ def study_status(study: PlannedStudy) -> str:
         return "new"
     before = ExperimentConfig.from_toml(stored.read_text(encoding="utf-8")).to_dict()
     now = study.config.to_dict()
+    # Where the folder is, not a setting: the same folder named relative or absolute (or
+    # from another working folder) holds the same study.
+    before.pop("output", None)
+    now.pop("output", None)
     if before != now:
         changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
         raise UsageError(
@@ -359,6 +363,17 @@ def write_manifest(plan: ComparePlan, out_dir: Path, collected: Sequence[str] = 
 
 def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def mlflow_sources(experiments: Sequence[str], tracking_uri: str | None) -> list[tuple[str, str]]:
+    """``(tracking URI, experiment name)`` pairs for ``run_comparison(collect_mlflow=...)``:
+    the named MLflow experiments at ``tracking_uri`` (resolved as ``crdiff search`` does)."""
+    if not experiments:
+        return []
+    from crdiff_search.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    return [(uri, name) for name in experiments]
 
 
 def run_comparison(

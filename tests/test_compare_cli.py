@@ -121,7 +121,9 @@ def test_early_stopping_only_plans_the_asha_arms_alone(experiment, tmp_path):
         plan_comparison(str(experiment), samplers=["gp"], seeds=[0], plain=False)
 
 
-def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(experiment, tmp_path):
+def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(
+    experiment, tmp_path, monkeypatch
+):
     plan = plan_comparison(
         str(experiment), samplers=["random"], seeds=[0], trials=3, out_dir=tmp_path
     )
@@ -135,6 +137,13 @@ def test_a_folder_with_other_settings_is_refused_and_a_full_table_is_complete(ex
     (out / "experiment.toml").write_text(study.config.to_toml())
     study_table([0.1, 0.2, None], sampler="random", seed=0).to_parquet(out / "trials.parquet")
     assert study_status(study) == "complete"
+    # The same folder named relative to the working folder holds the same study.
+    monkeypatch.chdir(tmp_path.parent)
+    again = plan_comparison(
+        str(experiment), samplers=["random"], seeds=[0], trials=3, out_dir=tmp_path.name
+    )
+    assert not again.studies[0].config.output_dir.is_absolute()
+    assert study_status(again.studies[0]) == "complete"
 
 
 def test_collect_and_report_only_rebuild_the_same_report(tmp_path, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 DEFAULT_SAMPLERS = "anneal,anneal-paper,tpe,gp,random,uniform"
 
@@ -48,10 +49,9 @@ def register(subparsers) -> None:
         help="also run every sampler with ASHA over prompt chunks (+asha arms)",
     )
     parser.add_argument(
-        "--early-stopping-only",
-        action="store_true",
+        "--early-stopping-only", action="store_true",
         help="run only the +asha arms (to add them to a comparison that has the plain ones)",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--report-only",
         metavar="DIR",
@@ -59,12 +59,9 @@ def register(subparsers) -> None:
         help="rebuild the report of DIR from DIR/comparison.parquet; run nothing",
     )
     parser.add_argument(
-        "--merge",
-        nargs="+",
-        metavar="DIR",
-        default=None,
+        "--merge", nargs="+", metavar="DIR", default=None,
         help="join these comparison folders (other seeds, ASHA arms) into --out; run nothing",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--complete-only",
         action="store_true",
@@ -117,36 +114,30 @@ def register(subparsers) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from crdiff_search import compare as lib
     from crdiff_search.errors import UsageError
 
     if not 0.0 < args.share <= 1.0:
         raise UsageError(f"--share must be in (0, 1], got {args.share}")
-    if args.report_only:
+    if args.report_only or args.merge:  # no study runs
         from crdiff_search.analysis.compare import build_report
 
-        path = build_report(args.report_only, share=args.share)
-        print(f"report: {path}")
-        return 0
-    if args.merge:
-        from crdiff_search.compare import merge_comparisons
-
-        if not args.out:
+        if args.merge and not args.out:
             raise UsageError("--merge needs --out DIR (it may be one of the merged folders)")
-        path = merge_comparisons(args.merge, args.out, share=args.share)
-        print(f"report: {path}")
+        if args.merge:
+            print(f"report: {lib.merge_comparisons(args.merge, args.out, share=args.share)}")
+        else:
+            print(f"report: {build_report(args.report_only, share=args.share)}")
         return 0
 
     for name in ("prompts", "steps", "concurrency"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    from crdiff_search.compare import parse_samplers, parse_seeds, plan_comparison, run_comparison
 
     collecting = bool(args.collect or args.collect_mlflow)
     run = args.samplers is not None or not collecting
-    samplers = parse_samplers(args.samplers or DEFAULT_SAMPLERS) if run else ()
-    seeds = parse_seeds(args.seeds)
+    samplers = lib.parse_samplers(args.samplers or DEFAULT_SAMPLERS) if run else ()
+    seeds = lib.parse_seeds(args.seeds)
     plan = None
     out = Path(args.out) if args.out else None
     if run:
@@ -161,7 +152,7 @@ def _compare(args: argparse.Namespace) -> int:
             **({"tracking.enabled": False} if args.no_tracking else {}),
             **parse_assignments(args.set, flag="--set"),
         }
-        plan = plan_comparison(
+        plan = lib.plan_comparison(
             args.experiment,
             samplers=samplers,
             seeds=seeds,
@@ -174,19 +165,12 @@ def _compare(args: argparse.Namespace) -> int:
         out = plan.out_dir
     elif out is None:
         raise UsageError("--collect without --samplers needs --out DIR for the table and report")
-    mlflow_sources = []
-    if args.collect_mlflow:
-        from crdiff_search.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(args.tracking_uri)
-        mlflow_sources = [(uri, name) for name in args.collect_mlflow]
-
     try:
-        result = run_comparison(
+        result = lib.run_comparison(
             plan,
             out,
             collect=args.collect or (),
-            collect_mlflow=mlflow_sources,
+            collect_mlflow=lib.mlflow_sources(args.collect_mlflow or (), args.tracking_uri),
             address=args.address,
             progress=args.progress,
             share=args.share,
