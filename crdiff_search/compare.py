@@ -472,7 +472,9 @@ def run_comparison(
                 failed[study.name] = "stopped before its budget; run again to resume"
                 log(f"  {study.name}: {failed[study.name]}")
                 break
-        if heldout and run:
+            elif heldout:  # its pick now, so that a comparison cut short keeps it
+                _score_pick(study, heldout, address, log)
+        if heldout and run:  # studies complete before this call
             for study in studies:
                 if study.name not in failed:
                     _score_pick(study, heldout, address, log)

@@ -388,7 +388,10 @@ def test_heldout_scores_each_pick_once_into_the_report(experiment, tmp_path, mon
     from crdiff_search import runner
     from crdiff_search.runner.study import StudyResult
 
+    scored_before = []  # the picks already scored when each study starts
+
     def complete_run_study(config, *, out_dir, resume, address, progress):
+        scored_before.append(len(list(tmp_path.glob("studies/*/heldout_pick.json"))))
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "experiment.toml").write_text(config.to_toml())
         table = study_table([0.5, 0.6, 0.7], sampler=config.search.sampler, seed=0)
@@ -418,6 +421,7 @@ def test_heldout_scores_each_pick_once_into_the_report(experiment, tmp_path, mon
     )
     result = run_comparison(plan, tmp_path, heldout=16, log=lambda _: None)
     assert len(calls) == 4 and {c[1:] for c in calls} == {(1, (1.0,), 16)}
+    assert scored_before == [0, 1, 2, 3]  # each pick right after its study
     picks = pd.read_csv(tmp_path / "tables" / "picks.csv")
     assert len(picks) == 4 and set(picks["sampler"]) == {"tpe", "random"}
     assert picks.set_index("study").loc["tpe-s0", "heldout_delta"] == pytest.approx(0.05)
