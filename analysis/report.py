@@ -167,7 +167,8 @@ def render_html(blocks: Sequence[object], title: str) -> str:
             )
     style = (
         "body{font-family:sans-serif;max-width:60em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;font-size:.85em;margin:.5em 0}"
+        "table{border-collapse:collapse;font-size:.85em;margin:.5em 0;display:block;"
+        "max-width:100%;overflow-x:auto}"
         "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:right}"
         "th{background:#f3f3f3}img{max-width:100%}code{background:#f3f3f3}"
     )
