@@ -545,21 +545,23 @@ def merge_comparisons(
         tables.append(load_table(folder / TABLE))
         if (folder / PICKS_TABLE).is_file():
             picks.append(pd.read_csv(folder / PICKS_TABLE))
-    first = manifests[0]
+
+    def identity(manifest: dict) -> dict:  # what two merged comparisons must share
+        context = manifest.get("context", {})
+        return {
+            **{k: manifest.get(k) for k in ("maximize", "score_label", "trials")},
+            **{k: v for k, v in context.items() if k not in _MERGE_FREE},
+        }
+
+    first, reference = manifests[0], identity(manifests[0])
     for folder, manifest in zip(folders[1:], manifests[1:], strict=True):
-        for key in ("maximize", "score_label", "trials"):
-            if manifest.get(key) != first.get(key):
+        other = identity(manifest)
+        for key in sorted(set(reference) | set(other)):
+            if other.get(key) != reference.get(key):
                 raise UsageError(
-                    f"{folder} differs from {folders[0]} in {key}: "
-                    f"{manifest.get(key)!r} vs {first.get(key)!r}; only comparisons of the "
-                    "same experiment can be merged"
-                )
-        a, b = first.get("context", {}), manifest.get("context", {})
-        for key in sorted((set(a) | set(b)) - set(_MERGE_FREE)):
-            if a.get(key) != b.get(key):
-                raise UsageError(
-                    f"{folder} differs from {folders[0]} in {key}: {b.get(key)!r} vs "
-                    f"{a.get(key)!r}; only comparisons of the same experiment can be merged"
+                    f"{folder} differs from {folders[0]} in {key}: {other.get(key)!r} vs "
+                    f"{reference.get(key)!r}; only comparisons of the same experiment can be "
+                    "merged"
                 )
     kept: dict[str, pd.DataFrame] = {}
     origin: dict[str, Path] = {}
