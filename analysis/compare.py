@@ -30,62 +30,10 @@ def read_manifest(out_dir: Path) -> dict[str, Any]:
 PICKS_TABLE = "tables/picks.csv"  # each study's pick scored on held-out prompts
 
 
-def pick_summary(picks):
-    """Per method: studies, median search score and held-out delta of the pick (IQR), and
-    how many picks beat the dense model held out (their paired 95 % interval above 0)."""
-    import numpy as np
-
-    from crdiff_search.analysis.table import method_label
-
-    labels = zip(picks["sampler"], picks["early_stopping"], strict=True)
-    picks = picks.assign(method=[method_label(s, bool(e)) for s, e in labels])
-    rows = []
-    for method, group in picks.groupby("method", sort=False):
-        delta = group["heldout_delta"].to_numpy(float)
-        low = group["delta_low"].astype(float)
-        rows.append(
-            {
-                "method": method,
-                "studies": len(group),
-                "search score (median)": float(np.median(group["search_score"])),
-                "held-out delta (median)": float(np.median(delta)),
-                "held-out delta (IQR)": float(np.percentile(delta, 75) - np.percentile(delta, 25)),
-                "picks above dense (95 % interval)": int((low > 0).sum()),
-            }
-        )
-    return rows
-
-
-def append_picks(out: Path, report: Path) -> None:
-    """The report's section on the held-out picks, from ``DIR/tables/picks.csv``."""
-    import pandas as pd
-
-    picks = pd.read_csv(out / PICKS_TABLE)
-    summary = pd.DataFrame(pick_summary(picks))
-    n = sorted(set(picks["heldout_prompts"]))
-    lines = [
-        "",
-        "## The pick, held out",
-        "",
-        f"Each study's pick (its best search trial) and the dense model scored on "
-        f"{', '.join(map(str, n))} held-out prompts (paired, same seeds); "
-        f"`{PICKS_TABLE}` has one row per study.",
-        "",
-        "| " + " | ".join(summary.columns) + " |",
-        "|" + "---|" * len(summary.columns),
-    ]
-    for row in summary.to_dict("records"):
-        cells = [
-            f"{v:+.4f}" if "delta" in k else (f"{v:.4f}" if isinstance(v, float) else str(v))
-            for k, v in row.items()
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    with open(report, "a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
-
-
 def build_report(out_dir: str | Path, *, share: float = DEFAULT_SHARE) -> Path:
     """(Re)write the report of ``DIR`` from ``DIR/comparison.parquet`` and ``DIR/compare.json``."""
+    import pandas as pd
+
     from crdiff_search.analysis.report import write_report
     from crdiff_search.analysis.table import load_table
 
@@ -94,6 +42,7 @@ def build_report(out_dir: str | Path, *, share: float = DEFAULT_SHARE) -> Path:
         raise UsageError(f"{out} holds no {TABLE}; run the comparison first")
     manifest = read_manifest(out)
     table = load_table(out / TABLE)
+    picks = pd.read_csv(out / PICKS_TABLE) if (out / PICKS_TABLE).is_file() else None
     report = write_report(
         table,
         out,
@@ -102,7 +51,6 @@ def build_report(out_dir: str | Path, *, share: float = DEFAULT_SHARE) -> Path:
         maximize=manifest.get("maximize", True),
         score_label=manifest.get("score_label", "score"),
         context=manifest.get("context", {}),
+        picks=picks,
     )
-    if (out / PICKS_TABLE).is_file():
-        append_picks(out, report.markdown)
     return report.markdown

@@ -250,3 +250,48 @@ def delta_bars(
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def heldout_picks_figure(picks: pd.DataFrame, *, methods: Sequence[str] | None = None) -> Figure:
+    """Each study's pick, held out: its paired gain over the dense model with the 95 % interval,
+    one column of points per method (seeds side by side), a box over the seeds behind them.
+    ``picks`` needs ``method``, ``seed``, ``heldout_delta``, ``delta_low`` and ``delta_high``."""
+    methods = [m for m in (methods or dict.fromkeys(picks["method"])) if m in set(picks["method"])]
+    colors = method_colors(methods)
+    fig = Figure(figsize=(max(6.0, 0.8 * len(methods) + 2), 3.8))
+    ax = fig.add_subplot()
+    data = []
+    for i, method in enumerate(methods, start=1):
+        part = picks[picks["method"] == method].sort_values("seed")
+        delta = part["heldout_delta"].to_numpy(float)
+        data.append(delta)
+        x = i + (np.linspace(-0.25, 0.25, len(part)) if len(part) > 1 else np.zeros(1))
+        err = np.vstack([delta - part["delta_low"], part["delta_high"] - delta])
+        above = part["delta_low"].to_numpy(float) > 0
+        ax.errorbar(x, delta, yerr=err, fmt="none", ecolor=colors[method], alpha=0.45, lw=1)
+        ax.scatter(x[above], delta[above], s=18, color=colors[method], zorder=3)
+        ax.scatter(
+            x[~above], delta[~above], s=18, facecolors="white", edgecolors=colors[method], zorder=3
+        )
+    ax.boxplot(
+        data,
+        positions=range(1, len(methods) + 1),
+        widths=0.7,
+        showfliers=False,
+        medianprops={"color": "black"},
+    )
+    ax.set_xticks(range(1, len(methods) + 1), methods)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel("held-out score minus dense")
+    ax.set_xlabel("method")
+    ax.grid(alpha=0.3, axis="y")
+    ax.tick_params(axis="x", labelsize=9)
+    n = sorted(set(picks["heldout_prompts"])) if "heldout_prompts" in picks else []
+    prompts = f" on {', '.join(map(str, n))} held-out prompts" if n else ""
+    ax.set_title(
+        f"Each study's pick against the dense model{prompts}\n"
+        "point: one seed, bar: its 95 % interval (filled: above dense); box: over seeds",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig

@@ -277,6 +277,62 @@ def _resolution_note(pairs: pd.DataFrame) -> str:
     )
 
 
+def _picks_blocks(picks, methods, maximize, figure, csv) -> tuple[str, list[object]]:
+    """The held-out section (summary per method, figure, rank tests) and its one-line finding."""
+    from crdiff_search.analysis.picks import heldout_rank_tests, pick_summary, with_methods
+
+    picks = with_methods(picks)
+    order = [m for m in methods if m in set(picks["method"])]
+    order += [m for m in dict.fromkeys(picks["method"]) if m not in order]
+    summary = pd.DataFrame(pick_summary(picks)).set_index("method").loc[order].reset_index()
+    shown = summary.assign(
+        **{
+            "held-out delta (median)": [f"{v:+.4f}" for v in summary["held-out delta (median)"]],
+            "held-out delta (IQR)": [f"{v:.4f}" for v in summary["held-out delta (IQR)"]],
+        }
+    )
+    kruskal, pairs = heldout_rank_tests(picks, maximize=maximize)
+    csv("heldout_rank_tests", pairs)
+    n = ", ".join(str(v) for v in sorted(set(picks["heldout_prompts"])))
+    ranked = summary.rename(columns={"held-out delta (median)": "median", "studies": "seeds"})
+    ranked = ranked.sort_values("median", ascending=not maximize)
+    lead = ranked.iloc[0]
+    finding = (
+        f"Held out ({n} prompts), the pick a user keeps: highest median gain over dense "
+        f"{lead['method']} ({lead['median']:+.4f}). "
+        + _winner_line(ranked, pairs, maximize).replace("highest median", "highest held-out median")
+    )
+    blocks: list[object] = [
+        _Heading("The pick, held out"),
+        _Text(
+            f"Each study's pick (its best search trial) and the dense model scored on {n} "
+            "held-out prompts (paired, same seeds); `tables/picks.csv` has one row per study. "
+            "`picks above dense`: picks whose paired 95 % interval lies above 0."
+        ),
+        _Table(shown),
+        _Image(
+            figure("heldout_picks", plots.heldout_picks_figure(picks, methods=order)),
+            "held-out gain of each pick",
+        ),
+    ]
+    if np.isfinite(kruskal["p"]):
+        blocks.append(
+            _Text(
+                f"Kruskal-Wallis on the held-out gain: H = {kruskal['H']:.3f}, "
+                f"p = {_p(kruskal['p'])} ({kruskal['k']} methods, {kruskal['n']} picks)."
+            )
+        )
+    if len(pairs):
+        blocks += [
+            _Text(
+                "Two-sided Mann-Whitney U per pair on the held-out gain (columns as in the "
+                "rank tests of the search score)." + _resolution_note(pairs)
+            ),
+            _Table(pairs),
+        ]
+    return finding, blocks
+
+
 def build_blocks(
     table: pd.DataFrame,
     out_dir: Path,
@@ -286,6 +342,7 @@ def build_blocks(
     maximize: bool,
     score_label: str,
     context: Mapping[str, object],
+    picks: pd.DataFrame | None = None,
 ) -> tuple[list[object], dict[str, Path], dict[str, Path]]:
     methods = methods_of(table)
     figures_dir = out_dir / FIGURES_DIR
@@ -327,6 +384,10 @@ def build_blocks(
         "their results are one measurement, not two."
         for a, b in identical_methods(table)
     ]
+    held_out: list[object] = []
+    if picks is not None and len(picks):
+        finding, held_out = _picks_blocks(picks, methods, maximize, figure, csv)
+        findings.append(finding)
     blocks += [_Heading("Findings"), _Bullets(tuple(findings))]
 
     shown = summary[
@@ -366,6 +427,7 @@ def build_blocks(
         _Table(shown),
     ]
     csv("summary", summary)
+    blocks += held_out
 
     blocks.append(_Heading("Best so far"))
     for axis in AXES:
@@ -500,8 +562,11 @@ def write_report(
     score_label: str = "score",
     context: Mapping[str, object] | None = None,
     write_html: bool = True,
+    picks: pd.DataFrame | None = None,
 ) -> Report:
-    """Write ``report.md`` (and ``report.html``), ``figures/*.png`` and ``tables/*.csv``."""
+    """Write ``report.md`` (and ``report.html``), ``figures/*.png`` and ``tables/*.csv``;
+    with ``picks`` (``tables/picks.csv`` of a ``--heldout`` comparison) also the section on
+    each study's pick scored on held-out prompts, its figure and rank tests."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if table.empty:
@@ -514,6 +579,7 @@ def write_report(
         maximize=maximize,
         score_label=score_label,
         context=dict(context or {}),
+        picks=picks,
     )
     md = out_dir / REPORT_MD
     md.write_text(render_markdown(blocks, out_dir), encoding="utf-8")
