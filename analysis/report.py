@@ -277,6 +277,30 @@ def _resolution_note(pairs: pd.DataFrame) -> str:
     )
 
 
+def _rank_test_blocks(
+    kruskal: Mapping[str, float], pairs: pd.DataFrame, *, subject: str, unit: str, columns: str
+) -> list[object]:
+    """Kruskal-Wallis over the methods and the table of pairwise Mann-Whitney tests, on
+    ``subject`` (one value per ``unit``), with what the seed counts allow at best."""
+    blocks: list[object] = []
+    if np.isfinite(kruskal["p"]):
+        blocks.append(
+            _Text(
+                f"Kruskal-Wallis on {subject}: H = {kruskal['H']:.3f}, p = {_p(kruskal['p'])} "
+                f"({kruskal['k']} methods, {kruskal['n']} {unit})."
+            )
+        )
+    if len(pairs):
+        blocks += [
+            _Text(
+                f"Two-sided Mann-Whitney U per pair on {subject}; {columns}"
+                + _resolution_note(pairs)
+            ),
+            _Table(pairs),
+        ]
+    return blocks
+
+
 def _picks_blocks(picks, methods, maximize, figure, csv) -> tuple[str, list[object]]:
     """The held-out section (summary per method, figure, rank tests) and its one-line finding."""
     from crdiff_search.analysis.picks import heldout_rank_tests, pick_summary, with_methods
@@ -315,21 +339,13 @@ def _picks_blocks(picks, methods, maximize, figure, csv) -> tuple[str, list[obje
             "held-out gain of each pick",
         ),
     ]
-    if np.isfinite(kruskal["p"]):
-        blocks.append(
-            _Text(
-                f"Kruskal-Wallis on the held-out gain: H = {kruskal['H']:.3f}, "
-                f"p = {_p(kruskal['p'])} ({kruskal['k']} methods, {kruskal['n']} picks)."
-            )
-        )
-    if len(pairs):
-        blocks += [
-            _Text(
-                "Two-sided Mann-Whitney U per pair on the held-out gain (columns as in the "
-                "rank tests of the search score)." + _resolution_note(pairs)
-            ),
-            _Table(pairs),
-        ]
+    blocks += _rank_test_blocks(
+        kruskal,
+        pairs,
+        subject="the held-out gain",
+        unit="picks",
+        columns="columns as in the rank tests of the search score.",
+    )
     return finding, blocks
 
 
@@ -451,23 +467,15 @@ def build_blocks(
             "final best per seed",
         )
     )
-    if np.isfinite(kruskal["p"]):
-        blocks.append(
-            _Text(
-                f"Kruskal-Wallis: H = {kruskal['H']:.3f}, p = {_p(kruskal['p'])} "
-                f"({kruskal['k']} methods, {kruskal['n']} studies)."
-            )
-        )
-    if len(pairs):
-        blocks += [
-            _Text(
-                "Two-sided Mann-Whitney U per pair on the final best; `shift`: Hodges-Lehmann "
-                "estimate of a - b; `p_a_better`: probability that a seed of a ends better "
-                "than one of b (ties half); `rank_biserial` = 2 * p_a_better - 1; `p_holm`: "
-                "Holm-adjusted over all pairs." + _resolution_note(pairs)
-            ),
-            _Table(pairs),
-        ]
+    blocks += _rank_test_blocks(
+        kruskal,
+        pairs,
+        subject="the final best",
+        unit="studies",
+        columns="`shift`: Hodges-Lehmann estimate of a - b; `p_a_better`: probability that a "
+        "seed of a ends better than one of b (ties half); `rank_biserial` = 2 * p_a_better - 1; "
+        "`p_holm`: Holm-adjusted over all pairs.",
+    )
     csv("final_best", final)
     csv("rank_tests", pairs)
     csv("trials_to_target", reach)
