@@ -277,6 +277,13 @@ def _resolution_note(pairs: pd.DataFrame) -> str:
     )
 
 
+_PAIR_COLUMNS = (
+    "`shift`: Hodges-Lehmann estimate of a - b; `p_a_better`: probability that a seed of a ends "
+    "better than one of b (ties half); `rank_biserial` = 2 * p_a_better - 1; `p_holm`: "
+    "Holm-adjusted over all pairs."
+)
+
+
 def _rank_test_blocks(
     kruskal: Mapping[str, float], pairs: pd.DataFrame, *, subject: str, unit: str, columns: str
 ) -> list[object]:
@@ -344,7 +351,7 @@ def _picks_blocks(picks, methods, maximize, figure, csv) -> tuple[str, list[obje
         pairs,
         subject="the held-out gain",
         unit="picks",
-        columns="columns as in the rank tests of the search score.",
+        columns=_PAIR_COLUMNS,
     )
     return finding, blocks
 
@@ -472,9 +479,7 @@ def build_blocks(
         pairs,
         subject="the final best",
         unit="studies",
-        columns="`shift`: Hodges-Lehmann estimate of a - b; `p_a_better`: probability that a "
-        "seed of a ends better than one of b (ties half); `rank_biserial` = 2 * p_a_better - 1; "
-        "`p_holm`: Holm-adjusted over all pairs.",
+        columns=_PAIR_COLUMNS,
     )
     csv("final_best", final)
     csv("rank_tests", pairs)
