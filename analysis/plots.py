@@ -96,13 +96,18 @@ def best_so_far_figure(
     return fig
 
 
+def _per_method_width(n_methods: int) -> float:
+    """Figure width (inches) that keeps one label per method readable side by side."""
+    return max(6.0, 0.8 * n_methods + 2)
+
+
 def final_best_figure(
     final: pd.DataFrame, *, methods: Sequence[str] | None = None, score_label: str = "score"
 ) -> Figure:
     """Box plot of the final best per method, with every seed drawn as a point."""
     methods = list(methods or dict.fromkeys(final["method"]))
     colors = method_colors(methods)
-    fig = Figure(figsize=(6.0, 3.4))
+    fig = Figure(figsize=(_per_method_width(len(methods)), 3.4))
     ax = fig.add_subplot()
     data = [final.loc[final["method"] == m, "final_best"].dropna().to_numpy(float) for m in methods]
     ax.boxplot(data, tick_labels=methods, widths=0.5, showfliers=False)
@@ -258,7 +263,7 @@ def heldout_picks_figure(picks: pd.DataFrame, *, methods: Sequence[str] | None =
     ``picks`` needs ``method``, ``seed``, ``heldout_delta``, ``delta_low`` and ``delta_high``."""
     methods = [m for m in (methods or dict.fromkeys(picks["method"])) if m in set(picks["method"])]
     colors = method_colors(methods)
-    fig = Figure(figsize=(max(6.0, 0.8 * len(methods) + 2), 3.8))
+    fig = Figure(figsize=(_per_method_width(len(methods)), 3.8))
     ax = fig.add_subplot()
     data = []
     for i, method in enumerate(methods, start=1):

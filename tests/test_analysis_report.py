@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -63,6 +64,49 @@ def test_final_best_figure_has_a_box_and_a_point_per_seed(table):
     assert sorted(points[0][:, 1]) == pytest.approx(
         sorted(final.loc[final["method"] == "anneal", "final_best"])
     )
+
+
+NINE_METHODS = [
+    "anneal",
+    "anneal-paper",
+    "tpe",
+    "gp",
+    "random",
+    "cmaes",
+    "uniform",
+    "gp+asha",
+    "tpe+asha",
+]
+
+
+def _label_boxes_apart(fig) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    boxes = [t.get_window_extent(renderer) for t in fig.axes[0].get_xticklabels()]
+    return len(boxes) == len(NINE_METHODS) and all(
+        a.x1 < b.x0 for a, b in itertools.pairwise(boxes)
+    )
+
+
+def test_per_method_figures_keep_nine_long_method_labels_apart():
+    final = pd.DataFrame(
+        [
+            {"method": m, "seed": s, "final_best": 0.6 + 0.01 * s}
+            for m in NINE_METHODS
+            for s in range(3)
+        ]
+    )
+    assert _label_boxes_apart(plots.final_best_figure(final, methods=NINE_METHODS))
+    picks = pd.DataFrame(
+        [
+            {"method": m, "seed": s, "heldout_delta": 0.05, "delta_low": 0.01, "delta_high": 0.09}
+            for m in NINE_METHODS
+            for s in range(3)
+        ]
+    )
+    assert _label_boxes_apart(plots.heldout_picks_figure(picks, methods=NINE_METHODS))
 
 
 def test_landscape_has_a_panel_per_method_and_pair_with_every_completed_trial(table):
