@@ -32,6 +32,7 @@ from crdiff_search.analysis.compare import (
     build_report,
 )
 from crdiff_search.analysis.table import method_label
+from crdiff_search.config import early_stopping_chunk_size
 from crdiff_search.errors import UsageError
 from crdiff_search.study_folder import StudyFolder
 
@@ -169,8 +170,8 @@ def plan_comparison(
     prompts = base.prompt_list()
     chunk = base.prompts.chunk_size
     if early_stopping and len(base.chunks()) < 2:
-        # ASHA needs intermediate reports: split the prompts in (up to) 4 chunks.
-        chunk = max(1, -(-base.prompts.count // 4))
+        # ASHA needs intermediate reports; the plain arms get the same chunks.
+        chunk = early_stopping_chunk_size(base.prompts.count)
         if base.prompts.count < 2:
             raise UsageError("--early-stopping needs at least 2 prompts (prompts.count)")
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"compare-{base.study}"

@@ -226,6 +226,15 @@ _SECTIONS = {
 _TOP_LEVEL = ("version", "study", "resolution", "output", "plugins")
 
 
+EARLY_STOPPING_CHUNKS = 4
+
+
+def early_stopping_chunk_size(count: int) -> int:
+    """The chunk size that splits ``count`` prompts in (up to) :data:`EARLY_STOPPING_CHUNKS`
+    chunks: what early stopping uses when ``prompts.chunk_size`` is not set."""
+    return max(1, -(-count // EARLY_STOPPING_CHUNKS))
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """One study. The defaults are the testbed study (``crdiff search`` without a file)."""
@@ -293,9 +302,13 @@ class ExperimentConfig:
         return [s + i for i in range(self.prompts.count)]
 
     def chunks(self) -> list[tuple[int, int]]:
-        """``[(start, stop), ...]`` prompt index ranges reported one at a time."""
+        """``[(start, stop), ...]`` prompt index ranges reported one at a time: chunks of
+        ``prompts.chunk_size``; without one, all prompts at once, or with early stopping on,
+        :data:`EARLY_STOPPING_CHUNKS` chunks (ASHA needs intermediate reports)."""
         n = self.prompts.count
-        size = self.prompts.chunk_size or n
+        size = self.prompts.chunk_size or (
+            early_stopping_chunk_size(n) if self.search.early_stopping else n
+        )
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
     # ---- (de)serialisation

@@ -207,6 +207,20 @@ def validate(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Experi
         "tracking": section("tracking", TrackingSpec, _tracking),
         "rerank": section("rerank", RerankSpec, _rerank, base_dir),
     }
+    search, prompts = built["search"], built["prompts"]
+    if search is not None and prompts is not None and search.early_stopping:
+        if prompts.count < 2:
+            problems.append(
+                f"search.early_stopping = true needs at least 2 prompts to stop a trial between "
+                f"them (prompts.count = {prompts.count}); valid: prompts.count >= 2, or "
+                "search.early_stopping = false"
+            )
+        elif prompts.chunk_size >= prompts.count:
+            problems.append(
+                f"search.early_stopping = true with prompts.chunk_size = {prompts.chunk_size} "
+                f"(>= prompts.count = {prompts.count}): one chunk, so no trial could be stopped; "
+                f"valid: prompts.chunk_size 1..{prompts.count - 1}, or 0 (4 chunks)"
+            )
     if problems:
         raise ConfigErrors(list(dict.fromkeys(problems)))
     return ExperimentConfig(**top, **built)

@@ -150,6 +150,17 @@ def test_seed_list_and_chunks():
     assert cfg.chunks() == [(0, 2), (2, 4), (4, 5)]
 
 
+def test_early_stopping_without_a_chunk_size_reports_after_each_quarter_of_the_prompts():
+    plain = load_experiment(None)
+    assert plain.chunks() == [(0, 64)]
+    stopping = load_experiment(None, early_stopping=True)
+    assert stopping.chunks() == [(0, 16), (16, 32), (32, 48), (48, 64)]
+    odd = load_experiment(None, early_stopping=True, **{"prompts.count": 6})
+    assert odd.chunks() == [(0, 2), (2, 4), (4, 6)]
+    set_size = load_experiment(None, early_stopping=True, **{"prompts.chunk_size": 32})
+    assert set_size.chunks() == [(0, 32), (32, 64)]
+
+
 @pytest.mark.parametrize(
     ("text", "needles"),
     [
@@ -164,6 +175,14 @@ def test_seed_list_and_chunks():
         ('[search]\nsampler = "grid"', ["search.sampler", "'grid'", "anneal", "tpe", "uniform"]),
         ("[search]\ntrials = 0", ["search.trials", ">= 1"]),
         ('[search]\nearly_stopping = "yes"', ["search.early_stopping", "true or false"]),
+        (
+            '[search]\nearly_stopping = true\n[prompts]\nitems = ["a"]\ncount = 1',
+            ["search.early_stopping", "at least 2 prompts", "prompts.count = 1)"],
+        ),
+        (
+            "[search]\nearly_stopping = true\n[prompts]\nchunk_size = 64",
+            ["prompts.chunk_size = 64", "one chunk", "valid: prompts.chunk_size 1..63"],
+        ),
         ('[objective]\nname = "beauty"', ["objective.name", "'beauty'", "imagereward", "scene"]),
         (
             '[objective]\nname = ["clip", "aesthetic"]\nweights = [1.0]',

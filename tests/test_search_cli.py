@@ -31,6 +31,23 @@ def test_dry_run_prints_the_testbed_plan(capsys, tmp_path):
     assert "ray" not in sys.modules or not sys.modules["ray"].is_initialized()
 
 
+@pytest.mark.parametrize(
+    "sampler, warned", [("anneal", True), ("anneal-paper", True), ("tpe", False)]
+)
+def test_dry_run_warns_that_annealing_with_early_stopping_was_measured_poor(
+    capsys, tmp_path, sampler, warned
+):
+    argv = ["search", "--dry-run", "--sampler", sampler, "--set", "search.early_stopping=true"]
+    argv += ["--out", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["early_stopping"] is True
+    message = f"warning: search.early_stopping with sampler {sampler!r}"
+    assert (message in captured.err) is warned
+    if warned:
+        assert "'tpe' or 'gp'" in captured.err
+
+
 def test_resume_without_a_study_is_a_usage_error(capsys, tmp_path):
     rc = main(["search", "--resume", "--no-tracking", "--out", str(tmp_path / "none")])
     assert rc == 2
