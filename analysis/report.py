@@ -107,6 +107,12 @@ def _p(value: float) -> str:
     return "< 0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _p_is(value: float) -> str:
+    """``p = 0.123``, or ``p < 0.001``."""
+    text = _p(value)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _markdown_table(frame: pd.DataFrame) -> str:
     head = "| " + " | ".join(str(c) for c in frame.columns) + " |"
     rule = "|" + "|".join("---" for _ in frame.columns) + "|"
@@ -203,7 +209,7 @@ def _findings(
         verdict = "differ" if kruskal["p"] < ALPHA else "are not distinguishable"
         lines.append(
             f"Kruskal-Wallis over {kruskal['k']} methods: H = {kruskal['H']:.2f}, "
-            f"p = {_p(kruskal['p'])}: the final-best distributions {verdict} at {ALPHA}."
+            f"{_p_is(kruskal['p'])}: the final-best distributions {verdict} at {ALPHA}."
         )
     for _, row in pairs.iterrows():
         if lead["method"] not in (row["a"], row["b"]):
@@ -213,7 +219,7 @@ def _findings(
         p_better = row["p_a_better"] if sign > 0 else 1.0 - row["p_a_better"]
         lines.append(
             f"{lead['method']} vs {other}: shift {fmt(sign * row['shift'])}, "
-            f"P(better) = {p_better:.2f}, p = {_p(row['p'])} (Holm {_p(row['p_holm'])}): "
+            f"P(better) = {p_better:.2f}, {_p_is(row['p'])} (Holm {_p(row['p_holm'])}): "
             f"{_verdict(row['p'], row['p_holm'])}."
         )
     if "uniform" in set(summary["method"]) and len(summary) > 1:
@@ -231,7 +237,7 @@ def _findings(
                 f"Block-wise vs uniform: the best block-wise method ({block['method']}, median "
                 f"{fmt(block['median'])}) {'beats' if better else 'does not beat'} uniform "
                 f"(median {fmt(uni['median'])}) by a shift of {fmt(sign * row['shift'])}, "
-                f"p = {_p(row['p'])} (Holm {_p(row['p_holm'])}): "
+                f"{_p_is(row['p'])} (Holm {_p(row['p_holm'])}): "
                 f"{_verdict(row['p'], row['p_holm'])}."
             )
     return lines
@@ -293,7 +299,7 @@ def _rank_test_blocks(
     if np.isfinite(kruskal["p"]):
         blocks.append(
             _Text(
-                f"Kruskal-Wallis on {subject}: H = {kruskal['H']:.3f}, p = {_p(kruskal['p'])} "
+                f"Kruskal-Wallis on {subject}: H = {kruskal['H']:.3f}, {_p_is(kruskal['p'])} "
                 f"({kruskal['k']} methods, {kruskal['n']} {unit})."
             )
         )

@@ -230,3 +230,11 @@ def test_report_names_a_winner_only_where_the_seeds_support_one(
     report = write_report(_seeded_table(means, seeds), tmp_path, title="t")
     text = report.markdown.read_text()
     assert expected in text and absent not in text
+
+
+def test_p_values_read_as_a_phrase_below_the_printed_floor():
+    from crdiff_search.analysis.report import _p_is
+
+    assert _p_is(0.0004) == "p < 0.001"
+    assert _p_is(0.0421) == "p = 0.042"
+    assert _p_is(float("nan")) == "p = n/a"
