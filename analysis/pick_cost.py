@@ -134,28 +134,39 @@ def cost_summary(
     return pd.DataFrame(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m crdiff_search.analysis.pick_cost", description=__doc__.split("\n\n")[0]
-    )
+def comparison_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The arguments every held-out measurement of a comparison takes: the folder, the number
+    of held-out prompts and the comparison's experiment file."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("compare_dir", help="a `crdiff compare` folder")
+    parser.add_argument("--prompts", type=int, default=128, help="held-out prompts (128)")
+    parser.add_argument("--experiment", default=None, help="the comparison's experiment file")
+    return parser
+
+
+def load_comparison(folder: Path) -> tuple[pd.DataFrame, dict, list[str]]:
+    """A comparison folder's trial table, manifest and ratio groups."""
+    table = pd.read_parquet(folder / "comparison.parquet")
+    manifest = json.loads((folder / "compare.json").read_text())
+    groups = [c[len("ratio.") :] for c in table.columns if c.startswith("ratio.")]
+    return table, manifest, groups
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = comparison_parser("python -m crdiff_search.analysis.pick_cost", __doc__)
     parser.add_argument("--budgets", default="5,10,20,40")
     parser.add_argument(
         "--share",
         default="0.95",
         help="target(s): share(s) of the best held-out gain of any pick, e.g. 0.75,0.95",
     )
-    parser.add_argument("--prompts", type=int, default=128, help="held-out prompts (128)")
-    parser.add_argument("--experiment", default=None, help="the comparison's experiment file")
     args = parser.parse_args(argv)
 
     from crdiff_search.analysis.heldout import HeldOut
 
     folder = Path(args.compare_dir)
-    table = pd.read_parquet(folder / "comparison.parquet")
-    manifest = json.loads((folder / "compare.json").read_text())
+    table, manifest, groups = load_comparison(folder)
     resolution = manifest["context"]["resolution"]
-    groups = [c[len("ratio.") :] for c in table.columns if c.startswith("ratio.")]
     budgets = [int(b) for b in args.budgets.split(",")]
     shares = [float(x) for x in args.share.split(",")]
     if not all(0 < x <= 1 for x in shares):

@@ -17,8 +17,6 @@ Run::
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,25 +97,25 @@ def paired_versus_best(picks: pd.DataFrame) -> pd.DataFrame:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m crdiff_search.analysis.pick_rules", description=__doc__.split("\n\n")[0]
+    from crdiff_search.analysis.pick_cost import (
+        COSTS,
+        comparison_parser,
+        load_comparison,
+        load_gain_memo,
+        score_picks,
     )
-    parser.add_argument("compare_dir", help="a `crdiff compare` folder")
+
+    parser = comparison_parser("python -m crdiff_search.analysis.pick_rules", __doc__)
     parser.add_argument("--bandwidths", default="0.05,0.1,0.2")
     parser.add_argument("--tune-seeds", default="0,1,2,3", help="seeds that choose the bandwidth")
-    parser.add_argument("--prompts", type=int, default=128, help="held-out prompts (128)")
-    parser.add_argument("--experiment", default=None, help="the comparison's experiment file")
     args = parser.parse_args(argv)
     bandwidths = [float(b) for b in args.bandwidths.split(",")]
     tune = {int(s) for s in args.tune_seeds.split(",") if s.strip()}
 
     from crdiff_search.analysis.heldout import HeldOut
-    from crdiff_search.analysis.pick_cost import COSTS, load_gain_memo, score_picks
 
     folder = Path(args.compare_dir)
-    table = pd.read_parquet(folder / "comparison.parquet")
-    manifest = json.loads((folder / "compare.json").read_text())
-    groups = [c[len("ratio.") :] for c in table.columns if c.startswith("ratio.")]
+    table, manifest, groups = load_comparison(folder)
     picks = picks_by_rule(table, groups, bandwidths)
     memo = load_gain_memo(
         [
