@@ -366,9 +366,10 @@ def _warn_early_stopping_with_annealing(config: ExperimentConfig) -> None:
         print(
             f"warning: search.early_stopping with sampler {config.search.sampler!r}: a stopped "
             "trial's score comes from its first prompt chunks only, and the annealing chain "
-            "accepts or rejects moves on it; measured on the testbed at 24x24 (8 seeds, 40 "
-            "trials), annealing with early stopping stayed near the dense model on most seeds. "
-            "Use sampler 'tpe' or 'gp' with early stopping, or set search.early_stopping = false.",
+            "accepts or rejects moves on it. Measured on the testbed at 24x24 (8 seeds, 40 "
+            "trials): the picks gained +0.007 held out, against +0.052 without early stopping. "
+            "Early stopping pays with sampler 'tpe' (38 % of the images saved at no held-out "
+            "loss); otherwise set search.early_stopping = false.",
             file=sys.stderr,
         )
 
