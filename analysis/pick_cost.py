@@ -146,8 +146,10 @@ def comparison_parser(prog: str, doc: str) -> argparse.ArgumentParser:
 
 def load_comparison(folder: Path) -> tuple[pd.DataFrame, dict, list[str]]:
     """A comparison folder's trial table, manifest and ratio groups."""
-    table = pd.read_parquet(folder / "comparison.parquet")
-    manifest = json.loads((folder / "compare.json").read_text())
+    from crdiff_search.analysis.compare import MANIFEST, TABLE
+
+    table = pd.read_parquet(folder / TABLE)
+    manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     groups = [c[len("ratio.") :] for c in table.columns if c.startswith("ratio.")]
     return table, manifest, groups
 

@@ -112,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     bandwidths = [float(b) for b in args.bandwidths.split(",")]
     tune = {int(s) for s in args.tune_seeds.split(",") if s.strip()}
 
+    from crdiff_search.analysis.compare import PICKS_TABLE
     from crdiff_search.analysis.heldout import HeldOut
 
     folder = Path(args.compare_dir)
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     memo = load_gain_memo(
         [
             (folder / COSTS, "heldout_gain"),
-            (folder / "tables/picks.csv", "heldout_delta"),
+            (folder / PICKS_TABLE, "heldout_delta"),
             (folder / RULES, "heldout_gain"),
         ],
         groups,
