@@ -184,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label=lambda r: f"{r['study']} at {r['budget']} trials",
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    picks.to_csv(path, index=False, float_format="%.6g")
+    picks.to_csv(path, index=False)  # full precision: the ratios are the memo's keys
     summary = cost_summary(picks, shares, budgets)
     summary.to_csv(folder / SUMMARY, index=False, float_format="%.6g")
     print(f"best held-out gain of any pick: {picks['heldout_gain'].max():+.4f}")

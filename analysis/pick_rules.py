@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         label=lambda r: f"{r['study']} {r['rule']}",
     )
     (folder / RULES).parent.mkdir(parents=True, exist_ok=True)
-    picks.to_csv(folder / RULES, index=False, float_format="%.6g")
+    picks.to_csv(folder / RULES, index=False)  # full precision: the ratios are memo keys
 
     tuned = paired_versus_best(picks[picks["seed"].isin(tune)])
     chosen = tuned.loc[tuned["mean_diff"].idxmax(), "rule"]

@@ -82,3 +82,23 @@ def test_cost_summary_counts_the_seeds_that_reach_each_share_and_when():
     assert summary.loc[0.95, "reached"] == 1
     assert summary.loc[0.95, "median_images"] == 40
     assert summary.loc[0.95, "final_median_gain"] == pytest.approx(0.075)
+
+
+def test_a_written_cost_table_memoises_every_pick_it_holds(tmp_path, monkeypatch):
+    from crdiff_search.analysis import pick_cost
+
+    table = _table()
+    table.loc[table["trial_index"] == 3, "ratio.x"] = 0.061175492331625766  # 6th decimal edge
+    folder = tmp_path / "cmp"
+    (folder / "tables").mkdir(parents=True)
+    table.to_parquet(folder / "comparison.parquet")
+    (folder / "compare.json").write_text('{"context": {"resolution": "24x24"}}')
+    held = _Held()
+    monkeypatch.setattr(
+        "crdiff_search.analysis.heldout.HeldOut.at", staticmethod(lambda *a, **k: held)
+    )
+    assert pick_cost.main([str(folder), "--budgets", "2,4"]) == 0
+    first = len(held.calls)
+    assert first > 0
+    assert pick_cost.main([str(folder), "--budgets", "2,4"]) == 0
+    assert len(held.calls) == first  # the second run scored nothing again
