@@ -19,6 +19,7 @@ from crdiff_search.config import (
     _STUDY_NAME,
     _TOP_LEVEL,
     CONFIG_VERSION,
+    EARLY_STOPPING_CHUNKS,
     MODES,
     ExperimentConfig,
     ModelSpec,
@@ -219,7 +220,8 @@ def validate(data: Mapping[str, Any], *, base_dir: Path | None = None) -> Experi
             problems.append(
                 f"search.early_stopping = true with prompts.chunk_size = {prompts.chunk_size} "
                 f"(>= prompts.count = {prompts.count}): one chunk, so no trial could be stopped; "
-                f"valid: prompts.chunk_size 1..{prompts.count - 1}, or 0 (4 chunks)"
+                f"valid: prompts.chunk_size 1..{prompts.count - 1}, or 0 "
+                f"({EARLY_STOPPING_CHUNKS} chunks)"
             )
     if problems:
         raise ConfigErrors(list(dict.fromkeys(problems)))

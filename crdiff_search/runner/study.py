@@ -353,16 +353,11 @@ def _scheduler(config: ExperimentConfig):
     )
 
 
-ANNEALING_SAMPLERS = ("anneal", "anneal-paper")
-
-
-def _warn_early_stopping_with_annealing(config: ExperimentConfig) -> None:
+def _warn_early_stopping_with_annealing(config: ExperimentConfig, sampler) -> None:
     """Early stopping feeds a chain the scores of stopped trials (their first prompt chunks)."""
-    if (
-        config.search.early_stopping
-        and len(config.chunks()) >= 2
-        and config.search.sampler in ANNEALING_SAMPLERS
-    ):
+    from crdiff_search.samplers import SimulatedAnnealingSampler
+
+    if config.search.early_stopping and isinstance(sampler, SimulatedAnnealingSampler):
         print(
             f"warning: search.early_stopping with sampler {config.search.sampler!r}: a stopped "
             "trial's score comes from its first prompt chunks only, and the annealing chain "
@@ -394,13 +389,13 @@ def prepare(config: ExperimentConfig) -> tuple[tuple[str, ...], dict[str, Any]]:
             f"the {config.partition.granularity!r} partition of the model has no groups"
         )
     check_class_labels(config, info)  # a DiT's prompts are its class names
-    build_sampler(config)  # its option values, checked before Ray starts
+    sampler = build_sampler(config)  # its option values, checked before Ray starts
     from crdiff_search.objectives import check_options
     from crdiff_search.runner.spec import objective_terms
 
     for term in objective_terms(config.objective):  # each scorer's options, by its signature
         check_options(term.name, term.options)
-    _warn_early_stopping_with_annealing(config)
+    _warn_early_stopping_with_annealing(config, sampler)
     prompts = config.prompt_list()
     summary = {
         "study": config.study,
